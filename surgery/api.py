@@ -1,0 +1,30 @@
+"""The code entry points of the rule engine: plan (dry run) and apply_rules (plan, then mutate)."""
+from __future__ import annotations
+
+from typing import Optional, Union
+
+from torch import nn
+
+from .config.base import PeftConfig
+from .methods.registry import get_method
+from .plan.model import Plan
+from .plan.planner import plan
+from .rewrite.apply import apply_plan
+
+
+def resolved_config(p: Plan) -> PeftConfig:
+    """The config object a plan applies (target_modules resolved), rebuilt from the plan's record."""
+    return get_method(p.peft_type).config_cls.from_dict(p.config)
+
+
+def apply_rules(model: nn.Module, cfg: Union[PeftConfig, dict, str], adapter_name: str = "default", *,
+                active: Optional[list[str]] = None, strict_targets: bool = True) -> Plan:
+    """Validate `cfg` against `model`, rewrite the model, and return the Plan that was applied.
+
+    Every check runs before the first change: on error the model is exactly as it was.
+    """
+    p = plan(model, cfg, adapter_name, strict_targets=strict_targets)
+    return apply_plan(model, p, resolved_config(p), active=active)
+
+
+__all__ = ["plan", "apply_rules", "resolved_config"]

@@ -1,0 +1,97 @@
+"""Select an adapter's tensors from a PeftModel structurally, and load them back with checks."""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import nn
+
+from ..errors import CheckpointError
+from ..rewrite.modules_to_save import ModulesToSaveWrapper
+from ..rewrite.trainable import adapter_layers
+from .keys import SAVED_COPY, to_checkpoint_key
+
+
+def adapter_model_keys(peft_model: nn.Module, adapter_name: str, bias: str = "none") -> dict[str, torch.Tensor]:
+    """{model key: tensor} of everything that belongs to one adapter (plus trained biases)."""
+    out: dict[str, torch.Tensor] = {}
+    prefix = "base_model.model."
+    for fqn, layer in adapter_layers(peft_model.base_model.model):
+        if isinstance(layer, ModulesToSaveWrapper):
+            if adapter_name in layer.modules_to_save:
+                for k, v in layer.modules_to_save[adapter_name].state_dict().items():
+                    out[f"{prefix}{fqn}.{SAVED_COPY}.{adapter_name}.{k}"] = v
+            continue
+        for container in layer.adapter_layer_names:
+            holder = getattr(layer, container)
+            if adapter_name not in holder:
+                continue
+            item = holder[adapter_name]
+            if isinstance(item, nn.Parameter):
+                out[f"{prefix}{fqn}.{container}.{adapter_name}"] = item
+            else:
+                for k, v in item.state_dict().items():
+                    out[f"{prefix}{fqn}.{container}.{adapter_name}.{k}"] = v
+        if bias == "lora_only" and getattr(layer.get_base_layer(), "bias", None) is not None:
+            out[f"{prefix}{fqn}.base_layer.bias"] = layer.get_base_layer().bias
+    if bias == "all":
+        for k, v in peft_model.state_dict().items():
+            if k.endswith(".bias") and not _other_adapter_key(k, adapter_name):
+                out.setdefault(k, v)
+    return out
+
+
+def _other_adapter_key(key: str, adapter_name: str) -> bool:
+    return f".{SAVED_COPY}." in key and f".{SAVED_COPY}.{adapter_name}." not in key
+
+
+def get_peft_model_state_dict(model, state_dict: Optional[dict] = None, adapter_name: str = "default",
+                              unwrap_compiled: bool = False, save_embedding_layers=False) -> dict:
+    """PEFT's function: the adapter's tensors under checkpoint keys (adapter name removed)."""
+    model = getattr(model, "_orig_mod", model) if unwrap_compiled else model
+    config = model.peft_config[adapter_name]
+    selected = adapter_model_keys(model, adapter_name, getattr(config, "bias", "none"))
+    if state_dict is not None:
+        selected = {k: state_dict[k] for k in selected if k in state_dict}
+    return {to_checkpoint_key(k, adapter_name): v for k, v in selected.items()}
+
+
+def set_peft_model_state_dict(model, peft_model_state_dict: dict, adapter_name: str = "default",
+                              ignore_mismatched_sizes: bool = False, low_cpu_mem_usage: bool = False):
+    """Load checkpoint tensors into adapter `adapter_name`; every key and shape is checked first.
+
+    A missing or unexpected key, or a shape that does not fit, raises CheckpointError naming the module
+    and both shapes; nothing is copied unless everything fits.
+    """
+    config = model.peft_config[adapter_name]
+    targets = adapter_model_keys(model, adapter_name, getattr(config, "bias", "none"))
+    by_ckpt = {to_checkpoint_key(k, adapter_name): k for k in targets}
+    missing = [k for k in by_ckpt if k not in peft_model_state_dict and not k.endswith(".bias")]
+    unexpected = [k for k in peft_model_state_dict if k not in by_ckpt]
+    if unexpected:
+        raise CheckpointError(f"the checkpoint has {len(unexpected)} key(s) the model has no place for, e.g. "
+                              f"{unexpected[0]!r}; was it saved for another base model or config?")
+    if missing:
+        raise CheckpointError(f"the checkpoint lacks {len(missing)} adapter key(s) the config asks for, e.g. "
+                              f"{missing[0]!r}")
+    for ckpt_key, tensor in peft_model_state_dict.items():
+        target = targets[by_ckpt[ckpt_key]]
+        if tuple(tensor.shape) != tuple(target.shape):
+            module = ckpt_key.removeprefix("base_model.model.")
+            raise CheckpointError(f"shape mismatch at {module}: checkpoint {tuple(tensor.shape)} vs model "
+                                  f"{tuple(target.shape)}; the adapter was saved for a different base model "
+                                  f"(architecture or hidden size) or rank")
+    with torch.no_grad():
+        for ckpt_key, tensor in peft_model_state_dict.items():
+            target = targets[by_ckpt[ckpt_key]]
+            if target.device.type == "meta":
+                raise CheckpointError(f"{ckpt_key} lives on the meta device; materialise the model first")
+            target.copy_(tensor.to(dtype=target.dtype))
+    return _LoadResult([], [])
+
+
+class _LoadResult(tuple):
+    def __new__(cls, missing, unexpected):
+        obj = super().__new__(cls, (missing, unexpected))
+        obj.missing_keys, obj.unexpected_keys = missing, unexpected
+        return obj

@@ -1,0 +1,101 @@
+"""LoraConfig: PEFT's LoRA fields and defaults, validated on construction.
+
+surgery adds one key, `target_types` (match modules by class name); it is resolved into plain
+`target_modules` names before anything is saved, so saved configs stay PEFT's.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal, Optional, Union
+
+from ..errors import ConfigError
+from .base import PeftConfig
+from .enums import PeftType
+from .validation import check_range
+
+LORA_INERT_KEYS = {
+    "alora_invocation_tokens": None, "arrow_config": None, "corda_config": None, "ensure_weight_tying": False,
+    "eva_config": None, "kasa_config": None, "layer_replication": None, "loftq_config": {},
+    "lora_ga_config": None, "megatron_config": None, "megatron_core": "megatron.core",
+    "monteclora_config": None, "qalora_group_size": 16, "target_parameters": None,
+    "trainable_token_indices": None, "use_bdlora": None, "use_qalora": False, "velora_config": None,
+    "runtime_config": None,
+}
+
+
+@dataclass
+class LoraConfig(PeftConfig):
+    r: int = field(default=8, metadata={"help": "LoRA rank (attention dimension)."})
+    target_modules: Optional[Union[list[str], str]] = field(
+        default=None, metadata={"help": "Names (exact or '.'-suffix), a full-match regex, or 'all-linear'."})
+    exclude_modules: Optional[Union[list[str], str]] = field(
+        default=None, metadata={"help": "Names or regex of modules never to adapt."})
+    lora_alpha: Union[int, float] = field(default=8, metadata={"help": "Scaling numerator: alpha / r."})
+    lora_dropout: float = field(default=0.0, metadata={"help": "Dropout on the LoRA input."})
+    fan_in_fan_out: bool = field(default=False, metadata={"help": "Base weight stored (in, out), as GPT-2's Conv1D."})
+    bias: Literal["none", "all", "lora_only"] = field(default="none", metadata={"help": "Which biases train."})
+    use_rslora: bool = field(default=False, metadata={"help": "Scale by alpha / sqrt(r) (rank-stabilised)."})
+    modules_to_save: Optional[list[str]] = field(
+        default=None, metadata={"help": "Modules trained in full and saved with the adapter."})
+    init_lora_weights: Union[bool, Literal["gaussian"]] = field(
+        default=True, metadata={"help": "True: A kaiming, B zero; 'gaussian': A normal(1/r); False: no-op init."})
+    layers_to_transform: Optional[Union[list[int], int]] = field(
+        default=None, metadata={"help": "Only adapt these layer indices."})
+    layers_pattern: Optional[Union[list[str], str]] = field(
+        default=None, metadata={"help": "Name of the layer list (e.g. 'layers', 'h') for layers_to_transform."})
+    rank_pattern: Optional[dict[str, int]] = field(
+        default_factory=dict, metadata={"help": "Per-module rank overrides: {name or regex: r}."})
+    alpha_pattern: Optional[dict[str, Union[int, float]]] = field(
+        default_factory=dict, metadata={"help": "Per-module alpha overrides: {name or regex: alpha}."})
+    use_dora: bool = field(default=False, metadata={"help": "Weight-decomposed LoRA (DoRA)."})
+    lora_bias: bool = field(default=False, metadata={"help": "Give lora_B a trainable bias."})
+    target_types: Optional[list[str]] = field(
+        default=None, metadata={"help": "surgery extension: adapt modules of these class names."})
+
+    _inert_keys = LORA_INERT_KEYS
+    _legacy_keys = frozenset({"enable_lora", "merge_weights"})
+    _method = PeftType.LORA
+
+    def validate(self) -> None:
+        name = type(self).__name__
+        check_range(name, "r", self.r, low=0, low_open=True)
+        check_range(name, "lora_dropout", self.lora_dropout, low=0.0, high=1.0, what=" (a probability)")
+        check_range(name, "lora_alpha", self.lora_alpha, low=0, low_open=True)
+        for key, value in (self.rank_pattern or {}).items():
+            check_range(name, f"rank_pattern[{key!r}]", value, low=0, low_open=True)
+        for key, value in (self.alpha_pattern or {}).items():
+            check_range(name, f"alpha_pattern[{key!r}]", value, low=0, low_open=True)
+        if isinstance(self.target_modules, str) and self.layers_to_transform is not None:
+            raise ConfigError(f"{name}.layers_to_transform = {self.layers_to_transform!r} cannot be used when "
+                              f"target_modules is a regex ({self.target_modules!r}); list module names instead")
+        if self.layers_pattern and self.layers_to_transform is None:
+            raise ConfigError(f"{name}.layers_pattern = {self.layers_pattern!r} needs layers_to_transform")
+        if isinstance(self.layers_to_transform, int):
+            check_range(name, "layers_to_transform", self.layers_to_transform, low=0)
+        elif self.layers_to_transform:
+            for index in self.layers_to_transform:
+                check_range(name, "layers_to_transform[...]", index, low=0)
+        if isinstance(self.target_modules, list) and not self.target_modules:
+            raise ConfigError(f"{name}.target_modules = [] selects nothing; give names, a regex or 'all-linear'")
+        for key in ("target_modules", "exclude_modules"):
+            value = getattr(self, key)
+            if isinstance(value, str):
+                _compile(name, key, value)
+        for key in ("rank_pattern", "alpha_pattern"):
+            for pattern in getattr(self, key) or {}:
+                _compile(name, f"{key} key", pattern)
+
+    def to_dict(self):
+        out = super().to_dict()
+        out.pop("target_types", None)  # surgery-only: resolved into target_modules before saving
+        out.pop("runtime_config", None)  # run-time only; PEFT does not save it either
+        return out
+
+
+def _compile(owner: str, key: str, pattern: str) -> None:
+    import re
+
+    try:
+        re.compile(pattern)
+    except re.error as exc:
+        raise ConfigError(f"{owner}.{key} = {pattern!r} is not a valid regular expression: {exc}") from None

@@ -1,0 +1,185 @@
+"""PeftModel: the thin façade PEFT users know, over the rule engine and its recorded plans.
+
+    PeftModel
+      ├── base_model: LoraModel (TunerModel)      keys read base_model.model.<path>, as in PEFT
+      │     └── model: the rewritten transformer
+      ├── peft_config: {adapter name: resolved config}
+      └── plans: {adapter name: Plan}             what each adapter changed, printable as a table
+"""
+from __future__ import annotations
+
+import contextlib
+from typing import Optional, Union
+
+from torch import nn
+
+from ..api import apply_rules
+from ..config.base import PeftConfig
+from ..config.loading import load_config
+from ..errors import AdapterNameError
+from ..naming import validate_adapter_name
+from ..plan.model import Plan, trainable_line
+from ..rewrite.trainable import adapter_layers, mark_trainable
+from .persistence import PersistenceMixin
+from .tuner import LoraModel
+
+
+class PeftModel(PersistenceMixin, nn.Module):
+    """Base model encompassing various PEFT methods (PEFT's signature and attributes)."""
+
+    # Task subclasses name the heads that train in full and are saved with the adapter.
+    default_modules_to_save: tuple[str, ...] = ()
+
+    def __init__(self, model: nn.Module, peft_config: PeftConfig, adapter_name: str = "default",
+                 autocast_adapter_dtype: bool = True, low_cpu_mem_usage: bool = False, **kwargs):
+        super().__init__()
+        self.peft_config: dict[str, PeftConfig] = {}
+        self.plans: dict[str, Plan] = {}
+        self._active_adapter = adapter_name
+        self.base_model = LoraModel(model, self.peft_config)
+        self.special_peft_forward_args = {"adapter_names"}
+        self._add(adapter_name, peft_config, activate=True, strict=kwargs.pop("_strict_targets", True))
+
+    # -- adapters --------------------------------------------------------------------------------------
+    def _task_config(self, peft_config: PeftConfig) -> PeftConfig:
+        config = load_config(peft_config)  # a copy: the user's object is never mutated
+        if self.default_modules_to_save:
+            extra = [m for m in self.default_modules_to_save if m not in (config.modules_to_save or [])]
+            config.modules_to_save = list(config.modules_to_save or []) + extra
+        return config
+
+    def _add(self, adapter_name: str, peft_config: PeftConfig, activate: bool, strict: bool = True) -> Plan:
+        validate_adapter_name(adapter_name)
+        if adapter_name in self.peft_config:
+            raise AdapterNameError(f"adapter {adapter_name!r} already exists; delete_adapter({adapter_name!r}) "
+                                   f"first or choose another name")
+        config = self._task_config(peft_config)
+        if config.base_model_name_or_path is None:
+            config.base_model_name_or_path = getattr(self.get_base_model(), "name_or_path", None) or None
+        active = [adapter_name] if activate else self.active_adapters
+        plan = apply_rules(self.get_base_model(), config, adapter_name, active=active, strict_targets=strict)
+        self.plans[adapter_name] = plan
+        self.peft_config[adapter_name] = type(config).from_dict(plan.config)
+        if activate:
+            self._active_adapter = adapter_name
+        return plan
+
+    def add_adapter(self, adapter_name: str, peft_config: PeftConfig, low_cpu_mem_usage: bool = False) -> None:
+        """Add another adapter (not activated: call set_adapter)."""
+        self._add(adapter_name, peft_config, activate=False)
+
+    def set_adapter(self, adapter_name: str) -> None:
+        """Sets the active adapter; only it trains."""
+        if adapter_name not in self.peft_config:
+            raise AdapterNameError(f"adapter {adapter_name!r} not found; adapters: {list(self.peft_config)}")
+        self._active_adapter = adapter_name
+        config = self.peft_config[adapter_name]
+        mark_trainable(self.get_base_model(), config, [adapter_name], self.plans[adapter_name].paths())
+
+    def delete_adapter(self, adapter_name: str) -> None:
+        if adapter_name not in self.peft_config:
+            raise AdapterNameError(f"adapter {adapter_name!r} not found; adapters: {list(self.peft_config)}")
+        for _, layer in adapter_layers(self.get_base_model()):
+            if adapter_name in layer.adapter_names():
+                layer.delete_adapter(adapter_name)
+        del self.peft_config[adapter_name]
+        del self.plans[adapter_name]
+        if self._active_adapter == adapter_name and self.peft_config:
+            self.set_adapter(next(iter(self.peft_config)))
+
+    @property
+    def active_adapter(self) -> str:
+        return self._active_adapter
+
+    @property
+    def active_adapters(self) -> list[str]:
+        return [self._active_adapter]
+
+    @property
+    def active_peft_config(self) -> PeftConfig:
+        return self.peft_config[self._active_adapter]
+
+    @property
+    def modules_to_save(self) -> Optional[set]:
+        names = set()
+        for config in self.peft_config.values():
+            names |= set(getattr(config, "modules_to_save", None) or [])
+        return names or None
+
+    def plan(self, adapter_name: Optional[str] = None) -> Plan:
+        """The Plan an adapter applied (what it rewrote, ranks, parameters)."""
+        return self.plans[adapter_name or self._active_adapter]
+
+    def audit(self, fmt: str = "table") -> str:
+        """One table per adapter, with its active and merged state."""
+        out = []
+        merged = {n for _, layer in adapter_layers(self.get_base_model()) for n in layer.merged_adapters}
+        for name, plan in self.plans.items():
+            state = ("active" if name == self._active_adapter else "inactive") + (", merged" if name in merged else "")
+            out.append(f"[{name}: {state}]\n" + plan.table(fmt))
+        return "\n\n".join(out)
+
+    # -- the base model --------------------------------------------------------------------------------
+    def get_base_model(self) -> nn.Module:
+        return self.base_model.model
+
+    def forward(self, *args, **kwargs):
+        return self.get_base_model()(*args, **kwargs)
+
+    def generate(self, *args, **kwargs):
+        return self.get_base_model().generate(*args, **kwargs)
+
+    def __getattr__(self, name: str):
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            if name == "base_model":
+                raise
+            return getattr(self.base_model, name)
+
+    # -- counting --------------------------------------------------------------------------------------
+    def get_nb_trainable_parameters(self) -> tuple[int, int]:
+        trainable = total = 0
+        for p in self.parameters():
+            total += p.numel()
+            trainable += p.numel() if p.requires_grad else 0
+        return trainable, total
+
+    def print_trainable_parameters(self) -> None:
+        print(trainable_line(*self.get_nb_trainable_parameters()))
+
+    # -- adapters on and off ---------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def disable_adapter(self):
+        """Inside the block the base model runs alone (bit-identical outputs)."""
+        self.base_model.disable_adapter_layers()
+        try:
+            yield
+        finally:
+            self.base_model.enable_adapter_layers()
+
+    def merge_and_unload(self, progressbar: bool = False, safe_merge: bool = False,
+                         adapter_names: Optional[list[str]] = None) -> nn.Module:
+        return self.base_model.merge_and_unload(progressbar, safe_merge, adapter_names)
+
+    def unload(self) -> nn.Module:
+        return self.base_model.unload()
+
+    def merge_adapter(self, adapter_names: Optional[list[str]] = None, safe_merge: bool = False) -> None:
+        self.base_model.merge_adapter(adapter_names, safe_merge)
+
+    def unmerge_adapter(self) -> None:
+        self.base_model.unmerge_adapter()
+
+    # -- training helpers ------------------------------------------------------------------------------
+    def enable_input_require_grads(self) -> None:
+        """Make embeddings' outputs require grad, so gradient checkpointing reaches the adapters."""
+        embeddings = self.get_base_model().get_input_embeddings()
+        embeddings.register_forward_hook(lambda module, inputs, output: output.requires_grad_(True))
+
+    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: Optional[dict] = None) -> None:
+        self.get_base_model().gradient_checkpointing_enable(gradient_checkpointing_kwargs)
+        self.enable_input_require_grads()
+
+
+ModelUnion = Union[PeftModel, nn.Module]

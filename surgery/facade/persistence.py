@@ -1,0 +1,90 @@
+"""save_pretrained / from_pretrained / load_adapter / model card for PeftModel."""
+from __future__ import annotations
+
+import os
+from typing import Optional
+
+from .. import __version__
+from ..checkpoint.card import update_model_card
+from ..checkpoint.io import (adapter_dir, read_config_dict, read_tensors, resolve_adapter_files,
+                             saved_config_dict, write_adapter)
+from ..checkpoint.state import get_peft_model_state_dict, set_peft_model_state_dict
+from ..config.loading import config_from_dict
+from ..errors import AdapterNameError
+from ..naming import validate_adapter_name
+
+_HUB_KEYS = ("revision", "token", "cache_dir", "subfolder", "force_download", "local_files_only")
+
+
+class PersistenceMixin:
+    def save_pretrained(self, save_directory: str, safe_serialization: bool = True,
+                        selected_adapters: Optional[list[str]] = None, save_embedding_layers=False,
+                        is_main_process: bool = True, **kwargs) -> None:
+        """Write each adapter in PEFT's format (non-default adapters in subfolders); atomic per file."""
+        if os.path.isfile(save_directory):
+            raise ValueError(f"save_directory {save_directory!r} is a file; pass a directory")
+        names = list(self.peft_config) if selected_adapters is None else list(selected_adapters)
+        for name in names:
+            validate_adapter_name(name)
+            if name not in self.peft_config:
+                raise AdapterNameError(f"selected_adapters: {name!r} is not an adapter of this model; "
+                                       f"adapters: {list(self.peft_config)}")
+        if not is_main_process:
+            return
+        for name in names:
+            config = self.peft_config[name]
+            directory = adapter_dir(save_directory, name)
+            tensors = get_peft_model_state_dict(self, adapter_name=name)
+            base = config.base_model_name_or_path
+            write_adapter(directory, saved_config_dict(config, base, config.revision), tensors, safe_serialization)
+            if name == "default" or not os.path.exists(os.path.join(save_directory, "README.md")):
+                self.create_or_update_model_card(str(directory))
+
+    def create_or_update_model_card(self, output_dir: str) -> None:
+        config = self.active_peft_config
+        quant = getattr(getattr(self.get_base_model(), "config", None), "quantization_config", None)
+        quant = quant.to_dict() if hasattr(quant, "to_dict") else quant
+        update_model_card(output_dir, base_model=config.base_model_name_or_path, method=config.peft_type.value,
+                          version=__version__, quantization=quant)
+
+    @classmethod
+    def from_pretrained(cls, model, model_id, adapter_name: str = "default", is_trainable: bool = False,
+                        config=None, autocast_adapter_dtype: bool = True, ephemeral_gpu_offload: bool = False,
+                        low_cpu_mem_usage: bool = False, **kwargs):
+        """Load an adapter (local directory or Hub id) onto `model` and return the PeftModel."""
+        from .tasks import class_for_task
+
+        validate_adapter_name(adapter_name)
+        hub = {k: kwargs.pop(k) for k in _HUB_KEYS if k in kwargs}
+        directory = resolve_adapter_files(model_id, **hub)
+        if config is None:
+            data = read_config_dict(directory)
+            data.update({k: v for k, v in kwargs.items() if k in data})  # PEFT: kwargs override config keys
+            config = config_from_dict(data, strict=False, where=str(directory / "adapter_config.json"))
+        config = config.copy()
+        config.inference_mode = not is_trainable
+        target_cls = class_for_task(config.task_type) if cls.__name__ == "PeftModel" else cls
+        tensors = read_tensors(directory)  # read and validated before the model changes
+        peft_model = target_cls(model, config, adapter_name, _strict_targets=False)
+        set_peft_model_state_dict(peft_model, tensors, adapter_name)
+        if not is_trainable:
+            peft_model.eval()
+        return peft_model
+
+    def load_adapter(self, model_id, adapter_name: str, is_trainable: bool = False, torch_device=None,
+                     autocast_adapter_dtype: bool = True, ephemeral_gpu_offload: bool = False,
+                     low_cpu_mem_usage: bool = False, **kwargs):
+        """Load another adapter into this model (not activated: call set_adapter)."""
+        validate_adapter_name(adapter_name)
+        hub = {k: kwargs.pop(k) for k in _HUB_KEYS if k in kwargs}
+        directory = resolve_adapter_files(model_id, **hub)
+        config = config_from_dict(read_config_dict(directory), strict=False)
+        config.inference_mode = not is_trainable
+        tensors = read_tensors(directory)  # read and validated before the model changes
+        self._add(adapter_name, config, activate=False, strict=False)
+        try:
+            set_peft_model_state_dict(self, tensors, adapter_name)
+        except Exception:
+            self.delete_adapter(adapter_name)
+            raise
+        return None

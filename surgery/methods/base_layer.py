@@ -1,0 +1,106 @@
+"""AdapterLayer: what every adapter-wrapped layer shares, whatever the method.
+
+    parent.q_proj = AdapterLayer(base_layer=<original module>)
+                      ├── base_layer            the untouched original
+                      ├── <containers>[name]    per-adapter parameters (ModuleDict / ParameterDict)
+                      └── state: active adapters, merged adapters, disabled flag
+
+Subclasses list their per-adapter containers in `adapter_layer_names` (trainable) and
+`other_param_names` (plain per-adapter dicts such as r, scaling). Adapter parameters are
+everything on the layer except `base_layer`: selection is structural, never by substring.
+"""
+from __future__ import annotations
+
+from typing import Iterable, Union
+
+from torch import nn
+
+from ..errors import AdapterNameError
+
+
+class AdapterLayer(nn.Module):
+    _surgery_adapter_layer = True
+    adapter_layer_names: tuple[str, ...] = ()
+    other_param_names: tuple[str, ...] = ()
+
+    def __init__(self, base_layer: nn.Module):
+        super().__init__()
+        self.base_layer = base_layer
+        self._active_adapters: list[str] = []
+        self.merged_adapters: list[str] = []
+        self._disable_adapters = False
+
+    # -- PEFT-compatible views -------------------------------------------------------------------------
+    def get_base_layer(self) -> nn.Module:
+        base = self.base_layer
+        while getattr(base, "_surgery_adapter_layer", False):
+            base = base.base_layer
+        return base
+
+    @property
+    def weight(self):
+        return self.get_base_layer().weight
+
+    @property
+    def bias(self):
+        return self.get_base_layer().bias
+
+    @property
+    def active_adapters(self) -> list[str]:
+        return self._active_adapters
+
+    @property
+    def active_adapter(self) -> Union[str, list[str]]:
+        return self._active_adapters[0] if len(self._active_adapters) == 1 else self._active_adapters
+
+    @property
+    def disable_adapters(self) -> bool:
+        return self._disable_adapters
+
+    @property
+    def merged(self) -> bool:
+        return bool(self.merged_adapters)
+
+    def adapter_names(self) -> list[str]:
+        """Every adapter this layer holds, in insertion order."""
+        names: dict[str, None] = {}
+        for container in self.adapter_layer_names:
+            for key in getattr(self, container).keys():
+                names[key] = None
+        return list(names)
+
+    # -- state changes ---------------------------------------------------------------------------------
+    def set_adapter(self, adapter_names: Union[str, Iterable[str]], trainable: bool = True) -> None:
+        """Activate these adapters; only active adapters' parameters require grad (when trainable)."""
+        names = [adapter_names] if isinstance(adapter_names, str) else list(adapter_names)
+        for container in self.adapter_layer_names:
+            for key, value in getattr(self, container).items():
+                value.requires_grad_(trainable and key in names)
+        self._active_adapters = [n for n in names if n in self.adapter_names()]
+
+    def enable_adapters(self, enabled: bool) -> None:
+        """Enable or disable every adapter of this layer (disabled: the base layer alone runs)."""
+        if not enabled and self.merged:
+            self.unmerge()
+        self._disable_adapters = not enabled
+
+    def delete_adapter(self, adapter_name: str) -> None:
+        if adapter_name not in self.adapter_names():
+            raise AdapterNameError(f"adapter {adapter_name!r} is not on this layer; it has {self.adapter_names()}")
+        if adapter_name in self.merged_adapters:
+            self.unmerge()
+        for container in self.adapter_layer_names + self.other_param_names:
+            holder = getattr(self, container)
+            if adapter_name in holder:
+                del holder[adapter_name]
+        self._active_adapters = [n for n in self._active_adapters if n != adapter_name]
+
+    # -- merge protocol (method-specific parts) --------------------------------------------------------
+    def merge(self, safe_merge: bool = False, adapter_names=None) -> None:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def unmerge(self) -> None:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def extra_repr(self) -> str:
+        return f"adapters={self.adapter_names()}, active={self._active_adapters}, merged={self.merged_adapters}"

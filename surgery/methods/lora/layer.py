@@ -1,0 +1,137 @@
+"""LoraLayer: the low-rank update shared by every wrapped layer type.
+
+    y = W x + b  +  sum over active adapters a:  s_a * B_a(A_a(dropout_a(x)))
+    s_a = alpha / r  (or alpha / sqrt(r) with rsLoRA)
+
+Merging folds s * (B @ A) into W in place; unmerging subtracts it again. A safe merge builds the
+merged weight in a copy and refuses it (naming the layer) if any value is NaN/inf.
+Subclasses give the factor shapes (`_new_factors`), the delta in W's layout (`delta_weight`), and the
+adapter's contribution to the output (`_adapter_output`).
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+from torch import nn
+
+from ...errors import MergeError
+from ..base_layer import AdapterLayer
+from .dora import DoraMagnitude
+from .init import init_linear_like
+
+
+class LoraLayer(AdapterLayer):
+    adapter_layer_names = ("lora_A", "lora_B", "lora_embedding_A", "lora_embedding_B", "lora_magnitude_vector")
+    other_param_names = ("r", "lora_alpha", "scaling", "lora_dropout")
+    supports_dora = False
+
+    def __init__(self, base_layer: nn.Module, fan_in_fan_out: bool = False):
+        super().__init__(base_layer)
+        self.fan_in_fan_out = fan_in_fan_out
+        self.lora_A = nn.ModuleDict()
+        self.lora_B = nn.ModuleDict()
+        self.lora_embedding_A = nn.ParameterDict()
+        self.lora_embedding_B = nn.ParameterDict()
+        self.lora_magnitude_vector = nn.ModuleDict()
+        self.lora_dropout = nn.ModuleDict()
+        self.r: dict[str, int] = {}
+        self.lora_alpha: dict[str, float] = {}
+        self.scaling: dict[str, float] = {}
+        self.use_dora: dict[str, bool] = {}
+
+    # -- adding an adapter -----------------------------------------------------------------------------
+    def update_layer(self, adapter_name: str, r: int, lora_alpha: float, config) -> None:
+        """Add (or replace) adapter `adapter_name` with rank r on this layer."""
+        self.r[adapter_name] = r
+        self.lora_alpha[adapter_name] = lora_alpha
+        self.scaling[adapter_name] = lora_alpha / math.sqrt(r) if config.use_rslora else lora_alpha / r
+        dropout = nn.Dropout(p=config.lora_dropout) if config.lora_dropout > 0 else nn.Identity()
+        self.lora_dropout[adapter_name] = dropout
+        self._new_factors(adapter_name, r, config)
+        self.use_dora[adapter_name] = bool(config.use_dora)
+        if config.use_dora:
+            self.lora_magnitude_vector[adapter_name] = DoraMagnitude.for_layer(self, adapter_name)
+        self.set_adapter(self._active_adapters or [adapter_name], trainable=not config.inference_mode)
+
+    def _new_factors(self, adapter_name: str, r: int, config) -> None:
+        """Create lora_A/lora_B for nn.Linear-shaped layers; conv and embedding layers override."""
+        base = self.get_base_layer()
+        device, dtype = base.weight.device, base.weight.dtype
+        in_f, out_f = self.in_out_features()
+        self.lora_A[adapter_name] = nn.Linear(in_f, r, bias=False, device=device, dtype=dtype)
+        self.lora_B[adapter_name] = nn.Linear(r, out_f, bias=config.lora_bias, device=device, dtype=dtype)
+        if device.type != "meta":
+            init_linear_like(config.init_lora_weights, self.lora_A[adapter_name], self.lora_B[adapter_name], r)
+
+    def in_out_features(self) -> tuple[int, int]:
+        weight = self.get_base_layer().weight
+        out_f, in_f = weight.shape[:2]
+        return (out_f, in_f) if self.fan_in_fan_out else (in_f, out_f)
+
+    # -- forward ---------------------------------------------------------------------------------------
+    def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        if self._disable_adapters:
+            if self.merged:
+                self.unmerge()
+            return self.base_layer(x, *args, **kwargs)
+        result = self.base_layer(x, *args, **kwargs)
+        if self.merged:
+            return result
+        for name in self._active_adapters:
+            if name in self.r:
+                result = self._adapter_output(x, name, result)
+        return result
+
+    def _adapter_output(self, x: torch.Tensor, name: str, result: torch.Tensor) -> torch.Tensor:
+        lora_A = self.lora_A[name]
+        x = x.to(lora_A.weight.dtype)
+        if self.use_dora[name]:
+            return self.lora_magnitude_vector[name].apply(self, x, name, result)
+        return result + self.lora_B[name](lora_A(self.lora_dropout[name](x))) * self.scaling[name]
+
+    # -- merge -----------------------------------------------------------------------------------------
+    def delta_weight(self, name: str) -> torch.Tensor:
+        """s * B @ A in the base weight's layout (transposed when fan_in_fan_out)."""
+        delta = (self.lora_B[name].weight @ self.lora_A[name].weight) * self.scaling[name]
+        return delta.T if self.fan_in_fan_out else delta
+
+    def _merged_weight(self, weight: torch.Tensor, name: str, sign: int) -> torch.Tensor:
+        """W with adapter `name` folded in (sign=+1) or taken out (sign=-1); may work in place."""
+        if self.use_dora[name]:
+            return self.lora_magnitude_vector[name].merged_weight(self, weight, name, sign)
+        delta = self.delta_weight(name).to(weight.dtype)
+        return weight.add_(delta, alpha=sign)
+
+    def merge(self, safe_merge: bool = False, adapter_names: Optional[list[str]] = None) -> None:
+        names = [n for n in (adapter_names or self._active_adapters) if n in self.r and n not in self.merged_adapters]
+        base = self.get_base_layer()
+        for name in names:
+            with torch.no_grad():
+                if safe_merge:
+                    merged = self._merged_weight(base.weight.data.clone(), name, +1)
+                    if not torch.isfinite(merged).all():
+                        raise MergeError(f"merging adapter {name!r} into {self._layer_name()} would produce "
+                                         f"NaN/inf weights; the layer was left unmerged")
+                    base.weight.data.copy_(merged)
+                else:
+                    base.weight.data = self._merged_weight(base.weight.data, name, +1)
+                self._merge_bias(base, name, +1)
+            self.merged_adapters.append(name)
+
+    def unmerge(self) -> None:
+        base = self.get_base_layer()
+        while self.merged_adapters:
+            name = self.merged_adapters.pop()
+            with torch.no_grad():
+                base.weight.data = self._merged_weight(base.weight.data, name, -1)
+                self._merge_bias(base, name, -1)
+
+    def _merge_bias(self, base: nn.Module, name: str, sign: int) -> None:
+        lora_B = self.lora_B[name] if name in self.lora_B else None
+        if lora_B is not None and getattr(lora_B, "bias", None) is not None and base.bias is not None:
+            base.bias.data.add_(lora_B.bias * self.scaling[name], alpha=sign)
+
+    def _layer_name(self) -> str:
+        return getattr(self, "_surgery_fqn", type(self.get_base_layer()).__name__)

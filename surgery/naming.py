@@ -1,0 +1,25 @@
+"""Adapter names become attribute keys and folder names: refuse the ones that could do harm."""
+from __future__ import annotations
+
+import re
+
+from .errors import AdapterNameError
+
+_SAFE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_\-]*$")
+# Attribute names an adapter key would shadow on nn.Module / ModuleDict.
+_RESERVED = frozenset({"base_layer", "original_module", "modules_to_save", "training", "forward", "state_dict",
+                       "parameters", "modules", "children", "keys", "values", "items", "update", "pop", "clear",
+                       "to", "type", "half", "float", "cuda", "cpu", "eval", "train"})
+
+
+def validate_adapter_name(name) -> str:
+    """Return `name` if it is safe as a ModuleDict key and a folder name; raise AdapterNameError otherwise."""
+    if not isinstance(name, str) or not name:
+        raise AdapterNameError(f"adapter_name = {name!r} is invalid: it must be a non-empty string")
+    if not _SAFE.match(name) or len(name) > 128:
+        raise AdapterNameError(
+            f"adapter_name = {name!r} is invalid: use letters, digits, '_' and '-' only (no '/', '.', spaces or "
+            f"absolute paths), at most 128 characters, e.g. 'default' or 'task_1'")
+    if name in _RESERVED:
+        raise AdapterNameError(f"adapter_name = {name!r} collides with a module attribute; choose another name")
+    return name

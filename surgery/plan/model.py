@@ -1,0 +1,104 @@
+"""The Plan: pure data describing every rewrite, before anything changes. Serialises to JSON and back."""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any, Optional
+
+
+@dataclass(frozen=True)
+class Rewrite:
+    """One module to wrap (or, when already wrapped, to receive one more adapter)."""
+
+    path: str
+    base_type: str
+    base_shape: tuple
+    method: str
+    adapter_name: str
+    rank: int
+    alpha: float
+    scaling: float
+    added_params: int
+    layer_class: str
+    action: str = "wrap"          # "wrap" a plain module, or "add" an adapter to an adapter layer
+    fan_in_fan_out: bool = False
+    use_dora: bool = False
+
+
+@dataclass(frozen=True)
+class SavedModule:
+    """A module trained in full and saved with the adapter (modules_to_save)."""
+
+    path: str
+    base_type: str
+    params: int
+
+
+@dataclass
+class Plan:
+    adapter_name: str
+    peft_type: str
+    task_type: Optional[str]
+    rewrites: list[Rewrite]
+    modules_to_save: list[SavedModule] = field(default_factory=list)
+    trainable_bias_params: int = 0
+    base_params: int = 0              # every parameter of the model before the rewrite (tied counted once)
+    config: dict[str, Any] = field(default_factory=dict)   # the resolved config, as saved
+    rules: str = ""                    # the compiled rule, in words
+    warnings: list[str] = field(default_factory=list)
+    applied: bool = False
+
+    # -- totals (PEFT's print_trainable_parameters figures after the rewrite) ---------------------------
+    @property
+    def added_params(self) -> int:
+        return sum(r.added_params for r in self.rewrites) + sum(m.params for m in self.modules_to_save)
+
+    @property
+    def trainable_params(self) -> int:
+        return self.added_params + self.trainable_bias_params
+
+    @property
+    def all_params(self) -> int:
+        return self.base_params + self.added_params
+
+    def totals_line(self) -> str:
+        """PEFT's exact print_trainable_parameters line for the model after this plan."""
+        return trainable_line(self.trainable_params, self.all_params)
+
+    def paths(self) -> list[str]:
+        return [r.path for r in self.rewrites]
+
+    # -- JSON ------------------------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["totals"] = {"trainable_params": self.trainable_params, "all_params": self.all_params,
+                          "added_params": self.added_params}
+        return data
+
+    def to_json(self, indent: int = 2) -> str:
+        return json.dumps(self.to_dict(), indent=indent)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "Plan":
+        data = dict(data)
+        data.pop("totals", None)
+        rewrites = [Rewrite(**{**r, "base_shape": tuple(r["base_shape"])}) for r in data.pop("rewrites")]
+        saved = [SavedModule(**m) for m in data.pop("modules_to_save", [])]
+        return cls(rewrites=rewrites, modules_to_save=saved, **data)
+
+    @classmethod
+    def from_json(cls, text: str) -> "Plan":
+        return cls.from_dict(json.loads(text))
+
+    def table(self, fmt: str = "table") -> str:
+        from .table import render
+
+        return render(self, fmt)
+
+    def __str__(self) -> str:
+        return self.table()
+
+
+def trainable_line(trainable: int, total: int) -> str:
+    percent = 100 * trainable / total if total else 0.0
+    return f"trainable params: {trainable:,d} || all params: {total:,d} || trainable%: {percent:.4f}"

@@ -1,0 +1,65 @@
+"""Apply a Plan: build every new layer first, then swap them in, so a failure changes nothing."""
+from __future__ import annotations
+
+import logging
+
+from torch import nn
+
+from ..errors import PlanError
+from ..methods.registry import get_method
+from ..plan.model import Plan
+from .modules_to_save import ModulesToSaveWrapper
+from .trainable import mark_trainable
+
+logger = logging.getLogger(__name__)
+
+
+def _parent_and_attr(model: nn.Module, path: str) -> tuple[nn.Module, str]:
+    parent_path, _, attr = path.rpartition(".")
+    return (model.get_submodule(parent_path) if parent_path else model), attr
+
+
+def apply_plan(model: nn.Module, plan: Plan, config, active: list[str] | None = None) -> Plan:
+    """Rewrite `model` as `plan` says (config: the resolved method config). Returns the plan, applied.
+
+    active: the adapters active afterwards (default: the new one).
+    """
+    spec = get_method(plan.peft_type)
+    name = plan.adapter_name
+    built: list[tuple[nn.Module, str, nn.Module]] = []   # (parent, attr, new layer)
+    extended: list[nn.Module] = []                        # existing adapter layers given one more adapter
+    try:
+        for rw in plan.rewrites:
+            module = model.get_submodule(rw.path)
+            layer_cls = spec.wrapper_for(module, config, rw.path)
+            if rw.action == "add":
+                module.update_layer(name, rw.rank, rw.alpha, config)
+                extended.append(module)
+                continue
+            layer = layer_cls(module, fan_in_fan_out=rw.fan_in_fan_out)
+            layer._surgery_fqn = rw.path
+            layer.update_layer(name, rw.rank, rw.alpha, config)
+            parent, attr = _parent_and_attr(model, rw.path)
+            built.append((parent, attr, layer))
+        saved = []
+        for entry in plan.modules_to_save:
+            module = model.get_submodule(entry.path)
+            wrapper = module if isinstance(module, ModulesToSaveWrapper) else ModulesToSaveWrapper(module)
+            wrapper.update(name, trainable=not config.inference_mode)
+            saved.append((*_parent_and_attr(model, entry.path), wrapper, module))
+    except Exception as exc:
+        for layer in extended:
+            if name in layer.adapter_names():
+                layer.delete_adapter(name)
+        if isinstance(exc, PlanError):
+            raise
+        raise PlanError(f"applying the plan failed before the model was changed: {exc}") from exc
+    # Nothing below can fail on valid input: swap the new layers in.
+    for parent, attr, layer in built:
+        setattr(parent, attr, layer)
+    for parent, attr, wrapper, original in saved:
+        if wrapper is not original:
+            setattr(parent, attr, wrapper)
+    mark_trainable(model, config, active or [name], [rw.path for rw in plan.rewrites])
+    plan.applied = True
+    return plan

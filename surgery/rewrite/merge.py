@@ -1,0 +1,59 @@
+"""Merge, unmerge and unload over every adapter layer of a model; a failed merge rolls back."""
+from __future__ import annotations
+
+from typing import Optional
+
+from torch import nn
+
+from .modules_to_save import ModulesToSaveWrapper
+from .trainable import adapter_layers
+
+
+def merge_adapters(model: nn.Module, adapter_names: Optional[list[str]] = None, safe_merge: bool = False,
+                   progress: bool = False) -> None:
+    """Fold adapters into the base weights; if any layer fails, the layers merged so far are unmerged."""
+    done = []
+    layers = [layer for _, layer in adapter_layers(model) if not isinstance(layer, ModulesToSaveWrapper)]
+    try:
+        for layer in _progress(layers, progress, "merging"):
+            before = len(layer.merged_adapters)
+            layer.merge(safe_merge=safe_merge, adapter_names=adapter_names)
+            if len(layer.merged_adapters) > before:
+                done.append((layer, before))
+    except Exception:
+        for layer, before in reversed(done):
+            while len(layer.merged_adapters) > before:
+                keep = layer.merged_adapters[:before]
+                layer.unmerge()
+                if keep:
+                    layer.merge(adapter_names=keep)
+        raise
+
+
+def unmerge_adapters(model: nn.Module) -> None:
+    for _, layer in adapter_layers(model):
+        layer.unmerge()
+
+
+def unload(model: nn.Module, merge: bool, safe_merge: bool = False,
+           adapter_names: Optional[list[str]] = None, progress: bool = False) -> nn.Module:
+    """Replace every adapter layer by its base layer (merged first when `merge`); returns the model."""
+    if merge:
+        merge_adapters(model, adapter_names, safe_merge, progress)
+    for fqn, layer in list(adapter_layers(model)):
+        parent_path, _, attr = fqn.rpartition(".")
+        parent = model.get_submodule(parent_path) if parent_path else model
+        if isinstance(layer, ModulesToSaveWrapper):
+            replacement = layer.unwrapped()
+        else:
+            replacement = layer.get_base_layer()
+        setattr(parent, attr, replacement)
+    return model
+
+
+def _progress(items, enabled: bool, desc: str):
+    if not enabled:
+        return items
+    from ..progress import bar
+
+    return bar(items, desc=desc)

@@ -1,0 +1,79 @@
+"""modules_to_save: a full trainable copy of a module per adapter, beside the frozen original.
+
+State-dict layout as PEFT: <path>.original_module.* and <path>.modules_to_save.<adapter>.*;
+saved under the plain base key (<path>.weight).
+"""
+from __future__ import annotations
+
+import copy
+from typing import Iterable, Union
+
+from torch import nn
+
+
+class ModulesToSaveWrapper(nn.Module):
+    _surgery_adapter_layer = True
+    _surgery_modules_to_save = True
+
+    def __init__(self, module: nn.Module):
+        super().__init__()
+        self.original_module = module
+        self.modules_to_save = nn.ModuleDict()
+        self._active_adapters: list[str] = []
+        self._disable_adapters = False
+        self.merged_adapters: list[str] = []
+
+    def get_base_layer(self) -> nn.Module:
+        return self.original_module
+
+    @property
+    def weight(self):
+        return self._current().weight
+
+    @property
+    def active_adapters(self) -> list[str]:
+        return self._active_adapters
+
+    @property
+    def merged(self) -> bool:
+        return False
+
+    def update(self, adapter_name: str, trainable: bool = True) -> None:
+        self.modules_to_save[adapter_name] = copy.deepcopy(self.original_module)
+        self.modules_to_save[adapter_name].requires_grad_(trainable)
+        self.original_module.requires_grad_(False)
+
+    def adapter_names(self) -> list[str]:
+        return list(self.modules_to_save.keys())
+
+    def set_adapter(self, adapter_names: Union[str, Iterable[str]], trainable: bool = True) -> None:
+        names = [adapter_names] if isinstance(adapter_names, str) else list(adapter_names)
+        for name, module in self.modules_to_save.items():
+            module.requires_grad_(trainable and name in names)
+        self._active_adapters = [n for n in names if n in self.modules_to_save]
+
+    def enable_adapters(self, enabled: bool) -> None:
+        self._disable_adapters = not enabled
+
+    def delete_adapter(self, adapter_name: str) -> None:
+        if adapter_name in self.modules_to_save:
+            del self.modules_to_save[adapter_name]
+        self._active_adapters = [n for n in self._active_adapters if n != adapter_name]
+
+    def merge(self, safe_merge: bool = False, adapter_names=None) -> None:
+        pass
+
+    def unmerge(self) -> None:
+        pass
+
+    def _current(self) -> nn.Module:
+        if self._disable_adapters or not self._active_adapters:
+            return self.original_module
+        return self.modules_to_save[self._active_adapters[0]]
+
+    def forward(self, *args, **kwargs):
+        return self._current()(*args, **kwargs)
+
+    def unwrapped(self) -> nn.Module:
+        """The module to keep when unloading: the active trained copy (merge) or the original."""
+        return self._current()

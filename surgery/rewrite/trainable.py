@@ -1,0 +1,34 @@
+"""Which parameters train: the active adapter's, modules_to_save copies, and biases per `bias` mode."""
+from __future__ import annotations
+
+from torch import nn
+
+from ..graph.walk import is_adapter_layer
+
+
+def adapter_layers(model: nn.Module):
+    """(fqn, layer) for every adapter layer (including modules_to_save wrappers) of the model."""
+    for name, module in model.named_modules():
+        if is_adapter_layer(module):
+            yield name, module
+
+
+def mark_trainable(model: nn.Module, config, active: list[str], paths: list[str]) -> None:
+    """Freeze the base model; only the `active` adapters' parameters (and biases per config.bias) train."""
+    trainable = not config.inference_mode
+    for p in model.parameters():
+        p.requires_grad_(False)
+    for _, layer in adapter_layers(model):
+        layer.set_adapter(active, trainable=trainable)
+    if not trainable:
+        return
+    mode = getattr(config, "bias", "none")
+    if mode == "all":
+        for n, p in model.named_parameters():
+            if n == "bias" or n.endswith(".bias"):
+                p.requires_grad_(True)
+    elif mode == "lora_only":
+        for path in paths:
+            base = model.get_submodule(path).get_base_layer()
+            if getattr(base, "bias", None) is not None:
+                base.bias.requires_grad_(True)
