@@ -187,11 +187,18 @@ def _from_hub(repo_id: str, revision: str | None, cache_dir: str | os.PathLike |
         getattr(hf_errors, "HfHubHTTPError", OSError),
         getattr(hf_errors, "OfflineModeIsEnabled", OSError),
     )
+    kwargs = dict(revision=revision, cache_dir=None if cache_dir is None else str(cache_dir))
     try:
-        cfg_file = hf_hub_download(repo_id, "config.json", revision=revision,
-                                   cache_dir=None if cache_dir is None else str(cache_dir))
-    except hub_errors as exc:
-        return None, f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}".rstrip(": ")
+        # The local cache first: no network round trip (and no retries) for ids already cached.
+        cfg_file = hf_hub_download(repo_id, "config.json", local_files_only=True, **kwargs)
+    except hub_errors:
+        if "/" not in repo_id:
+            # Every Hub model id today is "org/name": a bare word is a typo of a bundled name or a path.
+            return None, "not a cached Hub id (Hub ids look like org/name)"
+        try:
+            cfg_file = hf_hub_download(repo_id, "config.json", **kwargs)
+        except hub_errors as exc:
+            return None, f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}".rstrip(": ")
     return _config_from_dict(_load_json(Path(cfg_file)), repo_id, f"Hub id {repo_id!r}"), None
 
 

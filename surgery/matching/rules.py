@@ -6,7 +6,6 @@ Precedence (as PEFT): exclude_modules > modules_to_save > target (names | regex 
 from __future__ import annotations
 
 import logging
-import re
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
@@ -107,13 +106,13 @@ def match_rule(graph: nx.DiGraph, rule: Rule, *, strict: bool = True) -> list[Ma
 
 
 def _selected(rule: Rule, fqn: str, node: dict, seen_names: set[str]) -> bool:
-    if any(ex(fqn, node) for ex in rule.excludes):
-        return False
     if rule.target is not None:
         if not rule.target(fqn, node):
             return False
-        if isinstance(rule.target, Names):
-            seen_names.add(rule.target.which(fqn))
+        if isinstance(rule.target, Names):  # the name exists, even if excluded below
+            seen_names.update(n for n in rule.target.names if fqn == n or fqn.endswith("." + n))
+    if any(ex(fqn, node) for ex in rule.excludes):
+        return False
     if rule.types is not None and not rule.types(fqn, node):
         return False
     if rule.target is None and rule.types is None:
@@ -124,7 +123,7 @@ def _selected(rule: Rule, fqn: str, node: dict, seen_names: set[str]) -> bool:
 
 
 def _check_found(graph, rule: Rule, matches, seen_names, strict: bool) -> None:
-    leaf_names = sorted({fqn.rpartition(".")[2] for fqn in graph.nodes if fqn})
+    leaf_names = _candidate_names(graph)
     if isinstance(rule.target, Names):
         missing = [n for n in rule.target.names if n not in seen_names]
         if missing and (strict or not matches):
@@ -144,9 +143,12 @@ def _check_found(graph, rule: Rule, matches, seen_names, strict: bool) -> None:
             f"{', '.join(leaf_names[:25])}")
 
 
-def regex_is_valid(pattern: str) -> bool:
-    try:
-        re.compile(pattern)
-        return True
-    except re.error:
-        return False
+_LAYER_TYPES = ("Linear", "Conv1D", "Embedding", "Conv1d", "Conv2d", "Conv3d")
+
+
+def _candidate_names(graph) -> list[str]:
+    """Distinct leaf names worth suggesting: those of adaptable layers first, never bare list indexes."""
+    layer_names = {fqn.rpartition(".")[2] for fqn, node in graph.nodes(data=True)
+                   if fqn and any(t in node["type"] for t in _LAYER_TYPES)}
+    other = {fqn.rpartition(".")[2] for fqn in graph.nodes if fqn} - layer_names
+    return sorted(n for n in layer_names if not n.isdigit()) + sorted(n for n in other if not n.isdigit())

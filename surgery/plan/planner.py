@@ -28,6 +28,7 @@ def plan(model: nn.Module, config: Union[PeftConfig, dict, str], adapter_name: s
     if spec.is_prompt_learning:
         raise PlanError(f"{config.peft_type.value} injects prompt states; it has no module rewrites to plan")
     _fill_default_targets(config, model, spec)
+    _add_task_heads(config)
     graph = module_graph(model)
     rule = compile_rule(config, model)
     _check_layers(graph, rule)
@@ -53,6 +54,16 @@ def plan(model: nn.Module, config: Union[PeftConfig, dict, str], adapter_name: s
 def count_params(model: nn.Module) -> int:
     """Every parameter once (tied parameters counted once), as PEFT's get_nb_trainable_parameters."""
     return sum(p.numel() for p in model.parameters())
+
+
+def _add_task_heads(config) -> None:
+    """The heads the task's PeftModel class trains in full (e.g. the classifier for SEQ_CLS), as PEFT adds."""
+    from ..facade.tasks import class_for_task  # lazy: the facade imports the planner
+
+    heads = class_for_task(config.task_type).default_modules_to_save
+    extra = [m for m in heads if m not in (config.modules_to_save or [])]
+    if extra and hasattr(config, "modules_to_save"):
+        config.modules_to_save = list(config.modules_to_save or []) + extra
 
 
 def _fill_default_targets(config, model, spec) -> None:
@@ -92,16 +103,21 @@ def _rewrite(graph, match, config, spec, adapter_name, warnings) -> Rewrite:
     base = module.get_base_layer() if is_adapter_layer(module) else module
     is_conv1d = type(base).__name__ == "Conv1D"
     if is_conv1d and not config.fan_in_fan_out:
-        warnings.append(f"{match.fqn} is a transformers Conv1D (weight stored in x out): fan_in_fan_out "
-                        f"is set to True for it")
+        _note_once(warnings, "transformers Conv1D layers store weights (in, out): fan_in_fan_out is set to "
+                             "True for them, as PEFT does")
     if not is_conv1d and config.fan_in_fan_out and layer_cls.__name__ == "Linear":
-        warnings.append(f"fan_in_fan_out=True but {match.fqn} is a torch Linear: using fan_in_fan_out=False")
+        _note_once(warnings, "fan_in_fan_out=True but the targets are torch Linear layers: using False for them")
     scaling = match.alpha / (match.rank ** 0.5) if getattr(config, "use_rslora", False) else match.alpha / match.rank
     return Rewrite(path=match.fqn, base_type=type(base).__name__, base_shape=tuple(base.weight.shape),
                    method=config.peft_type.value, adapter_name=adapter_name, rank=match.rank, alpha=match.alpha,
                    scaling=scaling, added_params=spec.added_params(module, match.rank, config),
                    layer_class=layer_cls.__name__, action=action, fan_in_fan_out=is_conv1d,
                    use_dora=bool(getattr(config, "use_dora", False)))
+
+
+def _note_once(warnings: list[str], message: str) -> None:
+    if message not in warnings:
+        warnings.append(message)
 
 
 def _modules_to_save(model, graph, config, matches) -> list[SavedModule]:

@@ -1,0 +1,74 @@
+"""The work behind each `surgery` subcommand."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from tabulate import tabulate
+
+
+def run_plan(args) -> int:
+    from ..api import plan
+    from ..archs import load_model_for_planning
+    from ..config.loading import load_config
+
+    config = load_config(args.config)
+    task = args.task or (config.task_type.value if config.task_type else None)
+    model = load_model_for_planning(args.model, task=task, revision=args.revision)
+    print(plan(model, config, args.adapter_name).table(args.format))
+    return 0
+
+
+def run_inspect(args) -> int:
+    from ..checkpoint.io import read_config_dict, read_tensors, resolve_adapter_files
+
+    directory = resolve_adapter_files(args.adapter_dir)
+    config = read_config_dict(directory)
+    tensors = read_tensors(directory)
+    files = [p for p in directory.iterdir() if p.is_file()]
+    modules: dict[str, dict] = {}
+    for key, tensor in tensors.items():
+        path, _, kind = key.removeprefix("base_model.model.").rpartition(".")
+        if kind == "weight" and path.rsplit(".", 1)[-1] in ("lora_A", "lora_B"):
+            path, _, kind = path.rpartition(".")
+        entry = modules.setdefault(path, {"params": 0, "dtype": str(tensor.dtype).removeprefix("torch."), "r": ""})
+        entry["params"] += tensor.numel()
+        if kind in ("lora_A", "lora_embedding_A"):
+            entry["r"] = tensor.shape[0]
+    rows = [(path, e["r"], f"{e['params']:,d}", e["dtype"]) for path, e in sorted(modules.items())]
+    total = sum(t.numel() for t in tensors.values())
+    if args.format == "json":
+        print(json.dumps({"config": config, "modules": modules, "total_params": total,
+                          "files": {p.name: p.stat().st_size for p in files}}, indent=2))
+        return 0
+    fmt = "github" if args.format == "markdown" else "simple"
+    print(f"adapter {directory}: {config.get('peft_type')} ({config.get('task_type')}), "
+          f"base {config.get('base_model_name_or_path')!r}")
+    print(tabulate(rows, headers=("module", "r", "params", "dtype"), tablefmt=fmt, disable_numparse=True))
+    print(f"total adapter params: {total:,d}")
+    for p in sorted(files):
+        print(f"file {p.name}: {p.stat().st_size:,d} bytes")
+    return 0
+
+
+def run_merge(args) -> int:
+    import transformers
+
+    from ..checkpoint.io import read_config_dict, resolve_adapter_files
+    from ..config.enums import TaskType
+    from ..facade.tasks import class_for_task
+
+    directory = resolve_adapter_files(args.adapter)
+    task = read_config_dict(directory).get("task_type")
+    auto = {TaskType.CAUSAL_LM.value: transformers.AutoModelForCausalLM,
+            TaskType.SEQ_2_SEQ_LM.value: transformers.AutoModelForSeq2SeqLM,
+            TaskType.SEQ_CLS.value: transformers.AutoModelForSequenceClassification,
+            TaskType.TOKEN_CLS.value: transformers.AutoModelForTokenClassification,
+            TaskType.QUESTION_ANS.value: transformers.AutoModelForQuestionAnswering}.get(task, transformers.AutoModel)
+    base = auto.from_pretrained(args.base)
+    peft_model = class_for_task(task).from_pretrained(base, str(directory))
+    merged = peft_model.merge_and_unload(progressbar=True, safe_merge=args.safe)
+    merged.save_pretrained(args.out)
+    print(f"merged {directory} into {args.base}; saved to {Path(args.out)}", file=sys.stderr)
+    return 0

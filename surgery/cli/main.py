@@ -1,0 +1,77 @@
+"""The `surgery` command: plan (dry run with an audit table), inspect and merge adapters.
+
+Exit codes: 0 ok; 2 bad arguments, config or input (one message on stderr, no traceback); 1 other failures.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from typing import Optional
+
+from ..errors import SurgeryError
+
+
+class _UsageError(Exception):
+    pass
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # argparse exits 2 itself; keep one path for messages
+        raise _UsageError(f"{self.prog}: {message}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="surgery", description="Plan, inspect and merge parameter-efficient adapters.")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    p = sub.add_parser("plan", help="dry run: the audit table of what a config would rewrite (meta device)")
+    p.add_argument("model", nargs="?", default="llama-2-7b",
+                   help="bundled architecture name, HF model directory, config.json, or Hub id "
+                        "(default: llama-2-7b)")
+    p.add_argument("--config", default="lora-qv",
+                   help="YAML/JSON config file or bundled preset name (default: lora-qv)")
+    p.add_argument("--format", choices=("table", "json", "markdown"), default="table")
+    p.add_argument("--task", default=None, help="task type deciding the model class (default: the config's)")
+    p.add_argument("--revision", default=None, help="Hub revision of the model config")
+    p.add_argument("--adapter-name", default="default")
+
+    i = sub.add_parser("inspect", help="audit table of an adapter directory on disk")
+    i.add_argument("adapter_dir")
+    i.add_argument("--format", choices=("table", "json", "markdown"), default="table")
+
+    m = sub.add_parser("merge", help="merge an adapter into its base model and save the full model")
+    m.add_argument("base", help="HF model directory (or Hub id in the cache) of the base model")
+    m.add_argument("adapter", help="adapter directory or Hub id")
+    m.add_argument("out", help="output directory for the merged model")
+    m.add_argument("--safe", action="store_true", help="refuse to merge if any weight would be NaN/inf")
+    return parser
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
+    try:
+        args = build_parser().parse_args(argv)
+        if args.quiet:
+            import os
+
+            os.environ["SURGERY_QUIET"] = "1"
+        from . import commands
+
+        return getattr(commands, f"run_{args.command}")(args)
+    except _UsageError as exc:
+        print(str(exc), file=sys.stderr)
+        return 2
+    except SurgeryError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:  # noqa: BLE001 - the CLI's last line of defence
+        print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
