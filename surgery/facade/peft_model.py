@@ -20,6 +20,7 @@ from ..errors import AdapterNameError
 from ..naming import validate_adapter_name
 from ..plan.model import Plan, trainable_line
 from ..rewrite.trainable import adapter_layers, mark_trainable
+from ..methods.lora.mixed import BASE_NAME
 from .persistence import PersistenceMixin
 from .tuner import LoraModel
 
@@ -123,11 +124,33 @@ class PeftModel(PersistenceMixin, nn.Module):
     def get_base_model(self) -> nn.Module:
         return self.base_model.model
 
-    def forward(self, *args, **kwargs):
-        return self.get_base_model()(*args, **kwargs)
+    def forward(self, *args, adapter_names: Optional[list[str]] = None, **kwargs):
+        """Forward pass; `adapter_names` (one per sample, "__base__" for none) mixes adapters in one batch."""
+        with self._per_sample_adapters(adapter_names):
+            return self.get_base_model()(*args, **kwargs)
 
-    def generate(self, *args, **kwargs):
-        return self.get_base_model().generate(*args, **kwargs)
+    def generate(self, *args, adapter_names: Optional[list[str]] = None, **kwargs):
+        with self._per_sample_adapters(adapter_names):
+            return self.get_base_model().generate(*args, **kwargs)
+
+    @contextlib.contextmanager
+    def _per_sample_adapters(self, adapter_names: Optional[list[str]]):
+        if adapter_names is None:
+            yield
+            return
+        unknown = sorted(set(adapter_names) - set(self.peft_config) - {BASE_NAME})
+        if unknown:
+            raise AdapterNameError(f"adapter_names: {unknown} are not adapters of this model; adapters: "
+                                   f"{list(self.peft_config)} (or {BASE_NAME!r} for the base model)")
+        layers = [layer for _, layer in adapter_layers(self.get_base_model())]
+        names = tuple(adapter_names)
+        for layer in layers:
+            layer._batch_adapters = names
+        try:
+            yield
+        finally:
+            for layer in layers:
+                layer._batch_adapters = None
 
     def __getattr__(self, name: str):
         try:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import copy
 from typing import Iterable, Union
 
+import torch
 from torch import nn
 
 
@@ -72,7 +73,16 @@ class ModulesToSaveWrapper(nn.Module):
         return self.modules_to_save[self._active_adapters[0]]
 
     def forward(self, *args, **kwargs):
-        return self._current()(*args, **kwargs)
+        batch_adapters = getattr(self, "_batch_adapters", None)
+        if batch_adapters is None or self._disable_adapters:
+            return self._current()(*args, **kwargs)
+        # One head per sample: run each copy on the whole batch, keep its own rows (heads are small).
+        out = self.original_module(*args, **kwargs)
+        for name in dict.fromkeys(batch_adapters):
+            if name in self.modules_to_save:
+                rows = torch.tensor([i for i, a in enumerate(batch_adapters) if a == name], device=out.device)
+                out = out.index_copy(0, rows, self.modules_to_save[name](*args, **kwargs)[rows])
+        return out
 
     def unwrapped(self) -> nn.Module:
         """The module to keep when unloading: the active trained copy (merge) or the original."""

@@ -20,6 +20,7 @@ from ...errors import MergeError
 from ..base_layer import AdapterLayer
 from .dora import DoraMagnitude
 from .init import init_linear_like
+from .mixed import mixed_adapter_output
 
 
 class LoraLayer(AdapterLayer):
@@ -76,9 +77,14 @@ class LoraLayer(AdapterLayer):
             if self.merged:
                 self.unmerge()
             return self.base_layer(x, *args, **kwargs)
+        batch_adapters = getattr(self, "_batch_adapters", None)
+        if batch_adapters is not None and self.merged:
+            self.unmerge()  # per-sample adapters cannot run on merged weights
         result = self.base_layer(x, *args, **kwargs)
         if self.merged:
             return result
+        if batch_adapters is not None:
+            return mixed_adapter_output(self, x, result, batch_adapters)
         for name in self._active_adapters:
             if name in self.r:
                 result = self._adapter_output(x, name, result)
