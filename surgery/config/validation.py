@@ -76,10 +76,11 @@ def check_type(owner: str, key: str, value: Any, tp: Any) -> None:
 
 
 def check_range(owner: str, key: str, value: Any, *, low=None, high=None, low_open=False, what: str = "") -> None:
-    """Refuse a number outside [low, high] (or (low, high] with low_open)."""
+    """Refuse a number outside [low, high] (or (low, high] with low_open), and NaN."""
     if value is None:
         return
-    bad = (low is not None and (value <= low if low_open else value < low)) or (high is not None and value > high)
+    bad = value != value  # NaN is never in range
+    bad = bad or (low is not None and (value <= low if low_open else value < low)) or (high is not None and value > high)
     if bad:
         lo = "" if low is None else (f"> {low}" if low_open else f">= {low}")
         hi = "" if high is None else f"<= {high}"
