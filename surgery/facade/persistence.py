@@ -66,7 +66,11 @@ class PersistenceMixin:
         target_cls = class_for_task(config.task_type) if cls.__name__ == "PeftModel" else cls
         tensors = read_tensors(directory)  # read and validated before the model changes
         peft_model = target_cls(model, config, adapter_name, _strict_targets=False)
-        set_peft_model_state_dict(peft_model, tensors, adapter_name)
+        try:
+            set_peft_model_state_dict(peft_model, tensors, adapter_name)
+        except Exception:
+            peft_model.unload()  # put the original modules back: the user's model is as it was
+            raise
         if not is_trainable:
             peft_model.eval()
         return peft_model
