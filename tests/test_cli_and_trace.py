@@ -93,3 +93,24 @@ def test_trace_orders_modules_by_first_call_on_meta():
     assert order.index("model.embed_tokens") < order.index("model.layers.0.self_attn.q_proj")
     assert order.index("model.layers.0.self_attn.q_proj") < order.index("model.layers.1.self_attn.q_proj")
     assert order.index("model.layers.1.mlp.down_proj") < order.index("lm_head")
+
+
+def test_merge_command_writes_a_full_model_equal_to_the_adapted_one(tmp_path, capsys):
+    import surgery
+    from transformers import AutoModelForCausalLM
+
+    base = tiny_models.tiny_llama()
+    base.save_pretrained(tmp_path / "base")
+    model = surgery.get_peft_model(base, surgery.LoraConfig(target_modules=["q_proj", "v_proj"], r=4,
+                                                           init_lora_weights=False, task_type="CAUSAL_LM"))
+    model.save_pretrained(tmp_path / "adapter")
+    x = tiny_models.token_batch()
+    with torch.no_grad():
+        expected = model.eval()(x).logits
+    code, _, err = run(capsys, "--quiet", "merge", str(tmp_path / "base"), str(tmp_path / "adapter"),
+                       str(tmp_path / "merged"), "--safe")
+    assert code == 0, err
+    merged = AutoModelForCausalLM.from_pretrained(tmp_path / "merged").eval()
+    assert not any("lora" in k for k in merged.state_dict())
+    with torch.no_grad():
+        torch.testing.assert_close(merged(x).logits, expected, atol=1e-5, rtol=0)
