@@ -175,12 +175,18 @@ def test_out_of_range_pattern_value_is_refused(key, value):
 @pytest.mark.parametrize("key, value", [
     ("target_modules", "model.(q|v"), ("exclude_modules", "[lm_head"), ("rank_pattern", {"q_proj(": 2}),
     ("alpha_pattern", {"*v": 2}),
+    # valid alone, invalid where the matcher embeds them: refused up front, never a bare re.error later
+    ("rank_pattern", {"(?i)q_proj": 2}), ("modules_to_save", ["classifier("]), ("layers_pattern", "lay[ers"),
+    ("layers_pattern", ["h", "(?i)layers"]),
 ])
 def test_bad_regex_is_refused_naming_key_and_pattern(key, value):
+    data = {"peft_type": "LORA", key: value}
+    if key == "layers_pattern":
+        data["layers_to_transform"] = [0]
     with pytest.raises(ConfigError) as info:
-        surgery.get_peft_config({"peft_type": "LORA", key: value})
+        surgery.get_peft_config(data)
     msg = str(info.value)
-    pattern = value if isinstance(value, str) else list(value)[0]
+    pattern = value if isinstance(value, str) else list(value)[-1]
     assert key in msg and repr(pattern) in msg and "regular expression" in msg
 
 

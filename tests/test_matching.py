@@ -307,6 +307,8 @@ CROSS_CHECK = [
     ("llama", dict(target_modules="all-linear", exclude_modules=r".*mlp.*")),
     ("llama", dict(target_modules=["self_attn.q_proj", "mlp.up_proj", "q_proj"])),
     ("llama", dict(target_modules=["embed_tokens", "lm_head", "o_proj"])),
+    # an exact full-path target is taken whatever layers_to_transform says; suffixes are filtered (peft's rule)
+    ("llama", dict(target_modules=["model.layers.0.self_attn.q_proj", "v_proj"], layers_to_transform=[1])),
     ("gpt2", dict(target_modules=["c_attn"])),
     ("gpt2", dict(target_modules="all-linear")),
     ("gpt2", dict(target_modules=["c_attn", "c_proj", "wte"], layers_to_transform=[0], layers_pattern="h")),

@@ -81,9 +81,15 @@ class LoraConfig(PeftConfig):
             value = getattr(self, key)
             if isinstance(value, str):
                 _compile(name, key, value)
+        # Each pattern is checked in the form the matcher embeds it in (a bare '(?i)' or '(' fails there).
         for key in ("rank_pattern", "alpha_pattern"):
             for pattern in getattr(self, key) or {}:
-                _compile(name, f"{key} key", pattern)
+                _compile(name, f"{key} key", pattern, rf"(.*\.)?({pattern})$")
+        for module in self.modules_to_save or []:
+            _compile(name, "modules_to_save", module, rf"(?:^|.*\.){module}(?:$|\..*)")
+        patterns = [self.layers_pattern] if isinstance(self.layers_pattern, str) else self.layers_pattern or []
+        for pattern in patterns:
+            _compile(name, "layers_pattern", pattern, rf"(?:^|.*?\.){pattern}\.(?P<idx>\d+)\.")
 
     def to_dict(self):
         out = super().to_dict()
@@ -92,10 +98,10 @@ class LoraConfig(PeftConfig):
         return out
 
 
-def _compile(owner: str, key: str, pattern: str) -> None:
+def _compile(owner: str, key: str, pattern: str, embedded: Optional[str] = None) -> None:
     import re
 
     try:
-        re.compile(pattern)
+        re.compile(pattern if embedded is None else embedded)
     except re.error as exc:
         raise ConfigError(f"{owner}.{key} = {pattern!r} is not a valid regular expression: {exc}") from None

@@ -118,7 +118,8 @@ def _selected(rule: Rule, fqn: str, node: dict, seen_names: set[str]) -> bool:
     if rule.target is None and rule.types is None:
         return False
     if rule.layers is not None and not rule.layers(fqn, node):
-        return False
+        # PEFT: a target naming the module exactly is taken whatever its layer; only suffixes are filtered
+        return isinstance(rule.target, Names) and fqn in rule.target.names
     return True
 
 
