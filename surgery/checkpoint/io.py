@@ -15,7 +15,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from ..errors import CheckpointError
-from .atomic import atomic_write, atomic_write_text
+from .transaction import JOURNAL, commit_files, folder_lock, recover
 
 CONFIG_NAME = "adapter_config.json"
 SAFETENSORS_NAME = "adapter_model.safetensors"
@@ -31,15 +31,19 @@ def adapter_dir(save_directory: os.PathLike, adapter_name: str) -> Path:
 
 def write_adapter(directory: Path, config_dict: dict, tensors: dict[str, torch.Tensor],
                   safe_serialization: bool = True) -> None:
-    directory.mkdir(parents=True, exist_ok=True)
+    """Weights and config replaced as one crash-safe commit (see transaction.py)."""
     # safetensors refuses shared storage: give every tensor its own contiguous copy on the CPU.
     tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}
-    if safe_serialization:
-        atomic_write(directory / SAFETENSORS_NAME, lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}))
-    else:
-        atomic_write(directory / BIN_NAME, lambda tmp: torch.save(tensors, tmp))
     text = json.dumps(config_dict, indent=2, sort_keys=True) + "\n"
-    atomic_write_text(directory / CONFIG_NAME, text)
+
+    def write_config(tmp: str) -> None:
+        Path(tmp).write_text(text, encoding="utf-8")
+
+    if safe_serialization:
+        weights = {SAFETENSORS_NAME: lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"})}
+    else:
+        weights = {BIN_NAME: lambda tmp: torch.save(tensors, tmp)}
+    commit_files(Path(directory), {**weights, CONFIG_NAME: write_config})
 
 
 def saved_config_dict(config, base_model_name_or_path: Optional[str], revision: Optional[str]) -> dict:
@@ -82,6 +86,7 @@ def resolve_adapter_files(model_id: os.PathLike, subfolder: Optional[str] = None
 
 
 def read_config_dict(directory: Path) -> dict:
+    _recover_if_writable(directory)
     path = Path(directory) / CONFIG_NAME
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
@@ -94,8 +99,16 @@ def read_config_dict(directory: Path) -> dict:
     return data
 
 
+def _recover_if_writable(directory: Path) -> None:
+    """Finish a save a crash interrupted (only where we may write: a Hub cache snapshot is read-only)."""
+    if os.access(directory, os.W_OK) and (Path(directory) / JOURNAL).exists():
+        with folder_lock(Path(directory)):  # never race a writer that is committing right now
+            recover(Path(directory))
+
+
 def read_tensors(directory: Path, device: str = "cpu") -> dict[str, torch.Tensor]:
     directory = Path(directory)
+    _recover_if_writable(directory)
     st, bin_ = directory / SAFETENSORS_NAME, directory / BIN_NAME
     if st.is_file():
         try:

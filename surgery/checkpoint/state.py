@@ -66,6 +66,8 @@ def set_peft_model_state_dict(model, peft_model_state_dict: dict, adapter_name: 
     config = model.peft_config[adapter_name]
     targets = adapter_model_keys(model, adapter_name, getattr(config, "bias", "none"))
     by_ckpt = {to_checkpoint_key(k, adapter_name): k for k in targets}
+    peft_model_state_dict = {k: v for k, v in peft_model_state_dict.items()
+                             if k in by_ckpt or not _peft_duplicate(k, peft_model_state_dict)}
     missing = [k for k in by_ckpt if k not in peft_model_state_dict and not k.endswith(".bias")]
     unexpected = [k for k in peft_model_state_dict if k not in by_ckpt]
     if unexpected:
@@ -76,6 +78,10 @@ def set_peft_model_state_dict(model, peft_model_state_dict: dict, adapter_name: 
                               f"{missing[0]!r}")
     for ckpt_key, tensor in peft_model_state_dict.items():
         target = targets[by_ckpt[ckpt_key]]
+        if not isinstance(tensor, torch.Tensor) or (target.is_floating_point() and not tensor.is_floating_point()):
+            kind = tensor.dtype if isinstance(tensor, torch.Tensor) else type(tensor).__name__
+            raise CheckpointError(f"{ckpt_key} holds {kind}; the model expects a floating-point tensor "
+                                  f"({target.dtype})")
         if tuple(tensor.shape) != tuple(target.shape):
             module = ckpt_key.removeprefix("base_model.model.")
             raise CheckpointError(f"shape mismatch at {module}: checkpoint {tuple(tensor.shape)} vs model "
@@ -88,6 +94,13 @@ def set_peft_model_state_dict(model, peft_model_state_dict: dict, adapter_name: 
                 raise CheckpointError(f"{ckpt_key} lives on the meta device; materialise the model first")
             target.copy_(tensor.to(dtype=target.dtype))
     return _LoadResult([], [])
+
+
+def _peft_duplicate(key: str, state: dict) -> bool:
+    """PEFT with bias="all" also writes a modules_to_save copy's bias as `<path>.modules_to_save.bias`, a
+    duplicate of `<path>.bias`; such a key is accepted and skipped."""
+    marker = f".{SAVED_COPY}."
+    return marker in key and key.replace(marker, ".", 1) in state
 
 
 class _LoadResult(tuple):
