@@ -172,6 +172,7 @@ TOTALS = [
     (tm.tiny_gpt2, dict(target_modules=["c_attn", "c_fc"], use_dora=True, layers_to_transform=[1])),
     (tm.tiny_bert_seq_cls, dict(target_modules=["query", "value"], task_type="SEQ_CLS")),
     (tm.tiny_bert_seq_cls, dict(target_modules="all-linear", task_type="SEQ_CLS", r=2)),
+    (tm.tiny_bert_seq_cls, dict(target_modules=["query"], task_type="SEQ_CLS", bias="all")),  # classifier copy
     (tm.tiny_bert_qa, dict(target_modules=["query", "value"], task_type="QUESTION_ANS", r=16)),
     (tm.tiny_bert, dict(target_modules=["query", "value"], task_type="FEATURE_EXTRACTION", bias="all")),
     (tm.tiny_t5, dict(target_modules=["q", "v"], task_type="SEQ_2_SEQ_LM")),

@@ -46,7 +46,7 @@ def plan(model: nn.Module, config: Union[PeftConfig, dict, str], adapter_name: s
         logger.warning(w)
     return Plan(adapter_name=adapter_name, peft_type=config.peft_type.value,
                 task_type=config.task_type.value if config.task_type else None, rewrites=rewrites,
-                modules_to_save=saved, trainable_bias_params=_bias_params(model, config, matches),
+                modules_to_save=saved, trainable_bias_params=_bias_params(model, config, matches, saved),
                 base_params=count_params(model), config=resolved.to_dict(), rules=rule.describe(),
                 warnings=warnings)
 
@@ -138,10 +138,12 @@ def _modules_to_save(model, graph, config, matches) -> list[SavedModule]:
     return saved
 
 
-def _bias_params(model, config, matches) -> int:
+def _bias_params(model, config, matches, saved) -> int:
     mode = getattr(config, "bias", "none")
-    if mode == "all":
-        return sum(p.numel() for n, p in model.named_parameters() if n == "bias" or n.endswith(".bias"))
+    if mode == "all":  # every bias, except those of modules_to_save originals (their copies train instead)
+        prefixes = tuple(f"{m.path}." for m in saved)
+        return sum(p.numel() for n, p in model.named_parameters()
+                   if (n == "bias" or n.endswith(".bias")) and not n.startswith(prefixes))
     if mode == "lora_only":
         total = 0
         for m in matches:

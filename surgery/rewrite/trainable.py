@@ -27,6 +27,9 @@ def mark_trainable(model: nn.Module, config, active: list[str], paths: list[str]
         for n, p in model.named_parameters():
             if n == "bias" or n.endswith(".bias"):
                 p.requires_grad_(True)
+        for _, layer in adapter_layers(model):  # as PEFT: the original of a modules_to_save copy stays frozen
+            if getattr(layer, "_surgery_modules_to_save", False):
+                layer.original_module.requires_grad_(False)
     elif mode == "lora_only":
         for path in paths:
             base = model.get_submodule(path).get_base_layer()
