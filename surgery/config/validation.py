@@ -53,7 +53,7 @@ def conforms(value: Any, tp: Any) -> bool:
         args = typing.get_args(tp)
         return not args or all(conforms(k, args[0]) and conforms(v, args[1]) for k, v in value.items())
     if isinstance(tp, type) and issubclass(tp, enum.Enum):
-        return isinstance(value, tp) or value in {m.value for m in tp}
+        return isinstance(value, tp) or any(value == m.value and type(value) is str for m in tp)
     if tp is bool:
         return isinstance(value, bool)
     if tp is int:
