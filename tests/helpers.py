@@ -14,9 +14,10 @@ import surgery
 import tiny_models as tm
 
 
-def perturb_adapters(model: nn.Module, seed: int = 1234, std: float = 0.1) -> None:
+def perturb_adapters(model: nn.Module, seed: int = 1234, std: float = 0.1, biases: bool = True) -> None:
     """Make adapters non-identity, as the golden generator does: lora_* / modules_to_save params ~ N(0, std),
-    DoRA magnitudes * (1 + N(0, std)), trainable biases + N(0, std). Deterministic for a given seed."""
+    DoRA magnitudes * (1 + N(0, std)), trainable biases + N(0, std) (unless `biases` is False: then the
+    base model's tensors are never touched). Deterministic for a given seed."""
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, p in model.named_parameters():
@@ -25,7 +26,7 @@ def perturb_adapters(model: nn.Module, seed: int = 1234, std: float = 0.1) -> No
                 p.mul_(1 + noise)
             elif "lora_" in name or "modules_to_save" in name:
                 p.copy_(noise)
-            elif name.endswith("bias") and p.requires_grad:
+            elif biases and name.endswith("bias") and p.requires_grad:
                 p.add_(noise)
 
 

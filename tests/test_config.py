@@ -8,7 +8,6 @@ import logging
 import math
 
 import pytest
-import yaml
 
 import surgery
 import tiny_models as tm
