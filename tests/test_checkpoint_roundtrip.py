@@ -199,3 +199,19 @@ def test_surgery_saved_adapter_loads_in_peft(name, kwargs, tmp_path):
     assert max_diff(run(theirs, name), run(ours, name)) <= 1e-6
     theirs_keys = set(peft.get_peft_model_state_dict(peft_model(builder(), **kwargs)))
     assert set(load_file(str(tmp_path / "adapter_model.safetensors"))) <= theirs_keys
+
+
+@pytest.mark.filterwarnings("ignore")
+@pytest.mark.parametrize("targets, layer", [(["embed_tokens", "q_proj"], "model.embed_tokens"),
+                                            (["lm_head", "v_proj"], "lm_head")])
+def test_peft_adapter_with_saved_embedding_weights_loads_in_surgery(targets, layer, tmp_path):
+    """peft saves the full base weight of a LoRA-wrapped embed_tokens / lm_head (save_embedding_layers="auto");
+    surgery loads it into that layer's base weight, as peft does."""
+    theirs = peft_model(tm.tiny_llama(), target_modules=targets, r=2)
+    perturb_adapters(theirs)
+    with torch.no_grad():  # as after resizing or training the embeddings
+        theirs.base_model.model.get_submodule(layer).base_layer.weight.mul_(1.5)
+    theirs.save_pretrained(str(tmp_path))
+    assert f"base_model.model.{layer}.base_layer.weight" in load_file(str(tmp_path / "adapter_model.safetensors"))
+    ours = surgery.PeftModel.from_pretrained(tm.tiny_llama(), str(tmp_path))
+    assert max_diff(run(ours, "llama"), run(theirs.eval(), "llama")) <= 1e-6

@@ -68,6 +68,8 @@ def set_peft_model_state_dict(model, peft_model_state_dict: dict, adapter_name: 
     by_ckpt = {to_checkpoint_key(k, adapter_name): k for k in targets}
     peft_model_state_dict = {k: v for k, v in peft_model_state_dict.items()
                              if k in by_ckpt or not _peft_duplicate(k, peft_model_state_dict)}
+    for key, weight in _base_layer_weights(model, peft_model_state_dict, by_ckpt).items():
+        targets[key], by_ckpt[key] = weight, key
     missing = [k for k in by_ckpt if k not in peft_model_state_dict and not k.endswith(".bias")]
     unexpected = [k for k in peft_model_state_dict if k not in by_ckpt]
     if unexpected:
@@ -94,6 +96,22 @@ def set_peft_model_state_dict(model, peft_model_state_dict: dict, adapter_name: 
                 raise CheckpointError(f"{ckpt_key} lives on the meta device; materialise the model first")
             target.copy_(tensor.to(dtype=target.dtype))
     return _LoadResult([], [])
+
+
+def _base_layer_weights(model, state: dict, known: dict) -> dict:
+    """PEFT also saves the full weight of a LoRA-wrapped embedding or lm_head (`<path>.base_layer.weight`, for a
+    resized vocabulary); such keys load into that layer's base weight, as in PEFT."""
+    out, prefix, suffix = {}, "base_model.model.", ".base_layer.weight"
+    for key in state:
+        if key in known or not (key.startswith(prefix) and key.endswith(suffix)):
+            continue
+        try:
+            layer = model.base_model.model.get_submodule(key[len(prefix):-len(suffix)])
+        except AttributeError:
+            continue
+        if getattr(layer, "_surgery_adapter_layer", False) and not getattr(layer, "_surgery_modules_to_save", False):
+            out[key] = layer.get_base_layer().weight
+    return out
 
 
 def _peft_duplicate(key: str, state: dict) -> bool:

@@ -65,16 +65,18 @@ class PeftModel(PersistenceMixin, nn.Module):
             self._active_adapter = adapter_name
         return plan
 
-    def add_adapter(self, adapter_name: str, peft_config: PeftConfig, low_cpu_mem_usage: bool = False) -> None:
+    def add_adapter(self, adapter_name: str, peft_config: PeftConfig, low_cpu_mem_usage: bool = False,
+                    autocast_adapter_dtype: bool = True) -> None:
         """Add another adapter (not activated: call set_adapter)."""
         self._add(adapter_name, peft_config, activate=False)
 
-    def set_adapter(self, adapter_name: str) -> None:
-        """Sets the active adapter; only it trains."""
+    def set_adapter(self, adapter_name: str, inference_mode: bool = False) -> None:
+        """Sets the active adapter. As in PEFT, it becomes trainable (the others frozen) unless inference_mode."""
         if adapter_name not in self.peft_config:
             raise AdapterNameError(f"adapter {adapter_name!r} not found; adapters: {list(self.peft_config)}")
         self._active_adapter = adapter_name
-        config = self.peft_config[adapter_name]
+        config = self.peft_config[adapter_name].copy()
+        config.inference_mode = inference_mode
         mark_trainable(self.get_base_model(), config, [adapter_name], self.plans[adapter_name].paths())
 
     def delete_adapter(self, adapter_name: str) -> None:
