@@ -5,6 +5,8 @@ The kill loop runs KILL_RUNS times (30 by default; SURGERY_LONG_TESTS=1 for 500,
 import os
 import random
 import signal
+import subprocess
+import sys
 import time
 
 import pytest
@@ -43,38 +45,32 @@ def _version_on_disk(directory) -> int:
     return weight_version
 
 
-def _saver(directory, start: int) -> None:
-    """Child: save versions start, start+1, ... forever (until killed)."""
-    model = _model()
-    version = start
-    while True:
-        _stamp(model, version)
-        model.save_pretrained(directory)
-        version += 1
-
-
 def test_sigkill_during_save_never_leaves_a_mix(tmp_path):
-    torch.set_num_threads(1)
     directory = tmp_path / "adapter"
     model = _model()
     _stamp(model, 0)
     model.save_pretrained(directory)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([os.path.dirname(__file__), os.environ.get("PYTHONPATH", "")]))
+    server = subprocess.Popen([sys.executable, os.path.join(os.path.dirname(__file__), "fault_saver.py"),
+                               str(directory)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
     rng = random.Random(0)
     intact = mid_commit = 0
     seen_versions = set()
-    for run in range(KILL_RUNS):
-        pid = os.fork()
-        if pid == 0:  # child
-            try:
-                _saver(directory, start=(run + 1) * 1000)
-            finally:
-                os._exit(0)
-        time.sleep(rng.uniform(0.0, 0.08))
-        os.kill(pid, signal.SIGKILL)
-        os.waitpid(pid, 0)
-        mid_commit += (directory / ".surgery-commit.json").exists()
-        seen_versions.add(_version_on_disk(directory))   # raises on a mix
-        intact += 1
+    try:
+        assert server.stdout.readline().strip() == "ready"
+        for run in range(KILL_RUNS):
+            server.stdin.write(f"go {(run + 1) * 1000}\n")
+            server.stdin.flush()
+            pid = int(server.stdout.readline())
+            time.sleep(rng.uniform(0.0, 0.03))
+            os.kill(pid, signal.SIGKILL)
+            assert server.stdout.readline().strip() == "reaped"
+            mid_commit += (directory / ".surgery-commit.json").exists()
+            seen_versions.add(_version_on_disk(directory))   # raises on a mix
+            intact += 1
+    finally:
+        server.stdin.close()
+        server.wait(30)
     assert intact == KILL_RUNS
     assert len(seen_versions) > KILL_RUNS // 3, "the kills should land at many different points"
     print(f"kill-during-save: {KILL_RUNS} runs, {intact} intact, {mid_commit} killed mid-commit (rolled forward)")
@@ -82,27 +78,26 @@ def test_sigkill_during_save_never_leaves_a_mix(tmp_path):
     assert not list(directory.glob(".surgery-tmp-*"))
 
 
+CONCURRENT_SAVER = """
+import sys, torch, surgery, tiny_models
+torch.set_num_threads(1)
+name, value, directory = sys.argv[1], float(sys.argv[2]), sys.argv[3]
+model = surgery.get_peft_model(tiny_models.tiny_llama(), surgery.LoraConfig(target_modules=["q_proj"], r=4),
+                               adapter_name=name)
+for i in range(20):
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad:
+                p.fill_(value + i)
+    model.save_pretrained(directory)
+"""
+
+
 def test_two_processes_saving_different_adapters_do_not_collide(tmp_path):
-    torch.set_num_threads(1)
-    pids = []
-    for name, value in (("default", 1.0), ("other", 2.0)):
-        pid = os.fork()
-        if pid == 0:
-            try:
-                model = surgery.get_peft_model(tiny_models.tiny_llama(), surgery.LoraConfig(
-                    target_modules=["q_proj"], r=4), adapter_name=name)
-                for i in range(20):
-                    with torch.no_grad():
-                        for p in model.parameters():
-                            if p.requires_grad:
-                                p.fill_(value + i)
-                    model.save_pretrained(tmp_path)
-            finally:
-                os._exit(0)
-        pids.append(pid)
-    for pid in pids:
-        _, status = os.waitpid(pid, 0)
-        assert status == 0
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([os.path.dirname(__file__), os.environ.get("PYTHONPATH", "")]))
+    procs = [subprocess.Popen([sys.executable, "-c", CONCURRENT_SAVER, name, str(value), str(tmp_path)], env=env)
+             for name, value in (("default", 1.0), ("other", 2.0))]
+    assert [p.wait(120) for p in procs] == [0, 0]
     for sub, value in (("", 1.0 + 19), ("other", 2.0 + 19)):
         tensors = read_tensors(tmp_path / sub)
         assert {float(t.flatten()[0]) for t in tensors.values()} == {value}
