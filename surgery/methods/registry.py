@@ -25,11 +25,19 @@ class MethodSpec:
     # default target module names per transformers model_type
     default_targets: dict = field(default_factory=dict)
     is_prompt_learning: bool = False
+    # Methods that inject state instead of wrapping modules plan themselves: (model, config, adapter) -> Plan.
+    planner: Optional[Callable] = None
+    # Methods whose checkpoint is not their layers' tensors (prompt learning):
+    # (peft_model, adapter_name) -> {checkpoint key: (tensor to save, tensor to load into)}.
+    state_entries: Optional[Callable] = None
 
 
 # peft_type -> "module:attribute" of its MethodSpec, imported on first use (keeps `import surgery` fast).
 _SPECS = {
     PeftType.LORA: "surgery.methods.lora.spec:LORA",
+    PeftType.PROMPT_TUNING: "surgery.methods.prompt.spec:PROMPT_TUNING",
+    PeftType.P_TUNING: "surgery.methods.prompt.spec:P_TUNING",
+    PeftType.PREFIX_TUNING: "surgery.methods.prompt.spec:PREFIX_TUNING",
 }
 
 

@@ -34,6 +34,16 @@ class SavedModule:
     params: int
 
 
+@dataclass(frozen=True)
+class Injection:
+    """State a method injects instead of wrapping a module (prompt learning): where it goes, its parameters."""
+
+    path: str          # the module that holds the state, e.g. prompt_encoder.default
+    kind: str          # what is injected where, in words
+    shape: tuple
+    params: int
+
+
 @dataclass
 class Plan:
     adapter_name: str
@@ -47,11 +57,13 @@ class Plan:
     rules: str = ""                    # the compiled rule, in words
     warnings: list[str] = field(default_factory=list)
     applied: bool = False
+    injections: list[Injection] = field(default_factory=list)
 
     # -- totals (PEFT's print_trainable_parameters figures after the rewrite) ---------------------------
     @property
     def added_params(self) -> int:
-        return sum(r.added_params for r in self.rewrites) + sum(m.params for m in self.modules_to_save)
+        return (sum(r.added_params for r in self.rewrites) + sum(m.params for m in self.modules_to_save)
+                + sum(i.params for i in self.injections))
 
     @property
     def trainable_params(self) -> int:
@@ -84,7 +96,8 @@ class Plan:
         data.pop("totals", None)
         rewrites = [Rewrite(**{**r, "base_shape": tuple(r["base_shape"])}) for r in data.pop("rewrites")]
         saved = [SavedModule(**m) for m in data.pop("modules_to_save", [])]
-        return cls(rewrites=rewrites, modules_to_save=saved, **data)
+        injected = [Injection(**{**i, "shape": tuple(i["shape"])}) for i in data.pop("injections", [])]
+        return cls(rewrites=rewrites, modules_to_save=saved, injections=injected, **data)
 
     @classmethod
     def from_json(cls, text: str) -> "Plan":

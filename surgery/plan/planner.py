@@ -25,8 +25,10 @@ def plan(model: nn.Module, config: Union[PeftConfig, dict, str], adapter_name: s
     config = load_config(config)
     validate_adapter_name(adapter_name)
     spec = get_method(config.peft_type)
-    if spec.is_prompt_learning:
-        raise PlanError(f"{config.peft_type.value} injects prompt states; it has no module rewrites to plan")
+    if spec.planner is not None:  # methods that inject state instead of wrapping modules (prompt learning)
+        _add_task_heads(config)
+        saved = _modules_to_save(model, module_graph(model), config, [])
+        return spec.planner(model, config, adapter_name, saved)
     _fill_default_targets(config, model, spec)
     _add_task_heads(config)
     graph = module_graph(model)

@@ -17,6 +17,8 @@ def render(plan, fmt: str = "table") -> str:
              _num(r.scaling), f"{r.added_params:,d}") for r in plan.rewrites]
     rows += [(m.path, m.base_type, "", "full copy (modules_to_save)", "", "", "", f"{m.params:,d}")
              for m in plan.modules_to_save]
+    rows += [(i.path, "injected", "x".join(map(str, i.shape)), i.kind, "", "", "", f"{i.params:,d}")
+             for i in plan.injections]
     headers = ("module", "type", "shape", "method", "r", "alpha", "scaling", "added params")
     lines = [f"plan for adapter {plan.adapter_name!r}: {plan.peft_type}"
              + (f" ({plan.task_type})" if plan.task_type else "") + f", {len(plan.rewrites)} modules",
