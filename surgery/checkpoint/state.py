@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from ..errors import CheckpointError
+from ..methods.registry import get_method
 from ..rewrite.modules_to_save import ModulesToSaveWrapper
 from ..rewrite.trainable import adapter_layers
 from .keys import SAVED_COPY, to_checkpoint_key
@@ -50,6 +51,9 @@ def get_peft_model_state_dict(model, state_dict: Optional[dict] = None, adapter_
     """PEFT's function: the adapter's tensors under checkpoint keys (adapter name removed)."""
     model = getattr(model, "_orig_mod", model) if unwrap_compiled else model
     config = model.peft_config[adapter_name]
+    entries = _method_entries(model, adapter_name)
+    if entries is not None:
+        return {key: saved for key, (saved, _) in entries.items()}
     selected = adapter_model_keys(model, adapter_name, getattr(config, "bias", "none"))
     if state_dict is not None:
         selected = {k: state_dict[k] for k in selected if k in state_dict}
@@ -64,8 +68,13 @@ def set_peft_model_state_dict(model, peft_model_state_dict: dict, adapter_name: 
     and both shapes; nothing is copied unless everything fits.
     """
     config = model.peft_config[adapter_name]
-    targets = adapter_model_keys(model, adapter_name, getattr(config, "bias", "none"))
-    by_ckpt = {to_checkpoint_key(k, adapter_name): k for k in targets}
+    entries = _method_entries(model, adapter_name)
+    if entries is not None:
+        targets = {key: target for key, (_, target) in entries.items()}
+        by_ckpt = {key: key for key in targets}
+    else:
+        targets = adapter_model_keys(model, adapter_name, getattr(config, "bias", "none"))
+        by_ckpt = {to_checkpoint_key(k, adapter_name): k for k in targets}
     peft_model_state_dict = {k: v for k, v in peft_model_state_dict.items()
                              if k in by_ckpt or not _peft_duplicate(k, peft_model_state_dict)}
     for key, weight in _base_layer_weights(model, peft_model_state_dict, by_ckpt).items():
@@ -96,6 +105,13 @@ def set_peft_model_state_dict(model, peft_model_state_dict: dict, adapter_name: 
                 raise CheckpointError(f"{ckpt_key} lives on the meta device; materialise the model first")
             target.copy_(tensor.to(dtype=target.dtype))
     return _LoadResult([], [])
+
+
+def _method_entries(model, adapter_name: str) -> Optional[dict]:
+    """A method's own {checkpoint key: (tensor to save, tensor to load into)} (prompt learning: the
+    `prompt_embeddings` key), or None for methods whose tensors live on their layers."""
+    hook = get_method(model.peft_config[adapter_name].peft_type).state_entries
+    return hook(model, adapter_name) if hook is not None else None
 
 
 def _base_layer_weights(model, state: dict, known: dict) -> dict:
