@@ -22,10 +22,11 @@ from ..plan.model import Plan, trainable_line
 from ..rewrite.trainable import adapter_layers, mark_trainable
 from ..methods.lora.mixed import BASE_NAME
 from .persistence import PersistenceMixin
-from .tuner import LoraModel
+from .prompt import PromptLearningMixin
+from .tuner import LoraModel, TunerModel
 
 
-class PeftModel(PersistenceMixin, nn.Module):
+class PeftModel(PersistenceMixin, PromptLearningMixin, nn.Module):
     """Base model encompassing various PEFT methods (PEFT's signature and attributes)."""
 
     # Task subclasses name the heads that train in full and are saved with the adapter.
@@ -37,7 +38,9 @@ class PeftModel(PersistenceMixin, nn.Module):
         self.peft_config: dict[str, PeftConfig] = {}
         self.plans: dict[str, Plan] = {}
         self._active_adapter = adapter_name
-        self.base_model = LoraModel(model, self.peft_config)
+        # prompt learning changes no layers: its tuner is the plain holder (PEFT's base_model is the model itself)
+        tuner = TunerModel if getattr(peft_config, "is_prompt_learning", False) else LoraModel
+        self.base_model = tuner(model, self.peft_config)
         self.special_peft_forward_args = {"adapter_names"}
         self._add(adapter_name, peft_config, activate=True, strict=kwargs.pop("_strict_targets", True))
 
@@ -58,9 +61,16 @@ class PeftModel(PersistenceMixin, nn.Module):
         if config.base_model_name_or_path is None:
             config.base_model_name_or_path = getattr(self.get_base_model(), "name_or_path", None) or None
         active = [adapter_name] if activate else self.active_adapters
-        plan = apply_rules(self.get_base_model(), config, adapter_name, active=active, strict_targets=strict)
+        from ..methods.prompt.setup import add_prompt_adapter, check_mix
+
+        check_mix(self.peft_config.values(), config)
+        if config.is_prompt_learning:
+            plan, resolved = add_prompt_adapter(self, adapter_name, config, active)
+        else:
+            plan = apply_rules(self.get_base_model(), config, adapter_name, active=active, strict_targets=strict)
+            resolved = type(config).from_dict(plan.config)
         self.plans[adapter_name] = plan
-        self.peft_config[adapter_name] = type(config).from_dict(plan.config)
+        self.peft_config[adapter_name] = resolved
         if activate:
             self._active_adapter = adapter_name
         return plan
@@ -85,6 +95,10 @@ class PeftModel(PersistenceMixin, nn.Module):
         for _, layer in adapter_layers(self.get_base_model()):
             if adapter_name in layer.adapter_names():
                 layer.delete_adapter(adapter_name)
+        if self.peft_config[adapter_name].is_prompt_learning:
+            from ..methods.prompt.setup import remove_prompt_adapter
+
+            remove_prompt_adapter(self, adapter_name)
         del self.peft_config[adapter_name]
         del self.plans[adapter_name]
         if self._active_adapter == adapter_name and self.peft_config:
@@ -128,10 +142,14 @@ class PeftModel(PersistenceMixin, nn.Module):
 
     def forward(self, *args, adapter_names: Optional[list[str]] = None, **kwargs):
         """Forward pass; `adapter_names` (one per sample, "__base__" for none) mixes adapters in one batch."""
+        if self._prompt_learning():
+            return self._prompt_call("forward", args, kwargs, adapter_names)
         with self._per_sample_adapters(adapter_names):
             return self.get_base_model()(*args, **kwargs)
 
     def generate(self, *args, adapter_names: Optional[list[str]] = None, **kwargs):
+        if self._prompt_learning():
+            return self._prompt_call("generate", args, kwargs, adapter_names)
         with self._per_sample_adapters(adapter_names):
             return self.get_base_model().generate(*args, **kwargs)
 
@@ -177,20 +195,25 @@ class PeftModel(PersistenceMixin, nn.Module):
     @contextlib.contextmanager
     def disable_adapter(self):
         """Inside the block the base model runs alone (bit-identical outputs)."""
+        was_disabled, self._adapters_disabled = self._adapters_disabled, True
         self.base_model.disable_adapter_layers()
         try:
             yield
         finally:
             self.base_model.enable_adapter_layers()
+            self._adapters_disabled = was_disabled
 
     def merge_and_unload(self, progressbar: bool = False, safe_merge: bool = False,
                          adapter_names: Optional[list[str]] = None) -> nn.Module:
+        self._refuse_merge("merge_and_unload")
         return self.base_model.merge_and_unload(progressbar, safe_merge, adapter_names)
 
     def unload(self) -> nn.Module:
+        self._remove_prompt_state()
         return self.base_model.unload()
 
     def merge_adapter(self, adapter_names: Optional[list[str]] = None, safe_merge: bool = False) -> None:
+        self._refuse_merge("merge_adapter")
         self.base_model.merge_adapter(adapter_names, safe_merge)
 
     def unmerge_adapter(self) -> None:

@@ -10,7 +10,7 @@ from ..checkpoint.io import (adapter_dir, read_config_dict, read_tensors, resolv
                              saved_config_dict, write_adapter)
 from ..checkpoint.state import get_peft_model_state_dict, set_peft_model_state_dict
 from ..config.loading import config_from_dict
-from ..errors import AdapterNameError
+from ..errors import AdapterNameError, ConfigError
 from ..naming import validate_adapter_name
 
 _HUB_KEYS = ("revision", "token", "cache_dir", "subfolder", "force_download", "local_files_only")
@@ -62,6 +62,7 @@ class PersistenceMixin:
             data.update({k: v for k, v in kwargs.items() if k in data})  # PEFT: kwargs override config keys
             config = config_from_dict(data, strict=False, where=str(directory / "adapter_config.json"))
         config = config.copy()
+        _check_trainable(config, is_trainable)
         config.inference_mode = not is_trainable
         target_cls = class_for_task(config.task_type) if cls.__name__ == "PeftModel" else cls
         tensors = read_tensors(directory)  # read and validated before the model changes
@@ -83,6 +84,7 @@ class PersistenceMixin:
         hub = {k: kwargs.pop(k) for k in _HUB_KEYS if k in kwargs}
         directory = resolve_adapter_files(model_id, **hub)
         config = config_from_dict(read_config_dict(directory), strict=False)
+        _check_trainable(config, is_trainable)
         config.inference_mode = not is_trainable
         tensors = read_tensors(directory)  # read and validated before the model changes
         self._add(adapter_name, config, activate=False, strict=False)
@@ -92,3 +94,11 @@ class PersistenceMixin:
             self.delete_adapter(adapter_name)
             raise
         return None
+
+
+def _check_trainable(config, is_trainable: bool) -> None:
+    """As PEFT: a saved prompt adapter holds the encoder's output, not the encoder, so it loads frozen."""
+    if config.is_prompt_learning and is_trainable:
+        raise ConfigError(f"{config.peft_type.value}: a saved prompt-learning adapter cannot be loaded with "
+                          f"is_trainable=True (it stores the prompt encoder's output, not the encoder); train a "
+                          f"new adapter with get_peft_model instead")
