@@ -16,6 +16,7 @@ import surgery
 import tiny_models
 from surgery.checkpoint.io import read_config_dict, read_tensors
 from surgery.errors import MergeError, PlanError
+from fault_saver import stamp as _stamp  # the writer process stamps versions the same way
 
 LONG = os.environ.get("SURGERY_LONG_TESTS") == "1"
 KILL_RUNS = 500 if LONG else 30
@@ -24,15 +25,6 @@ KILL_RUNS = 500 if LONG else 30
 def _model():
     return surgery.get_peft_model(tiny_models.tiny_llama(), surgery.LoraConfig(
         target_modules=["q_proj", "v_proj"], r=4, init_lora_weights=False))
-
-
-def _stamp(model, version: int) -> None:
-    """Version v: every adapter weight equals v, and the config's alpha encodes v too."""
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.requires_grad:
-                p.fill_(float(version))
-    model.peft_config["default"].lora_alpha = 1000 + version
 
 
 def _version_on_disk(directory) -> int:
