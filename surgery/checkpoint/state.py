@@ -7,10 +7,13 @@ import torch
 from torch import nn
 
 from ..errors import CheckpointError
+from ..progress import bar
 from ..methods.registry import get_method
 from ..rewrite.modules_to_save import ModulesToSaveWrapper
 from ..rewrite.trainable import adapter_layers
 from .keys import SAVED_COPY, to_checkpoint_key
+
+PROGRESS_MIN_TENSORS = 256  # a progress bar for loads this large (e.g. all-linear on a 70B: 1,120 tensors)
 
 
 def adapter_model_keys(peft_model: nn.Module, adapter_name: str, bias: str = "none") -> dict[str, torch.Tensor]:
@@ -99,7 +102,8 @@ def set_peft_model_state_dict(model, peft_model_state_dict: dict, adapter_name: 
                                   f"{tuple(target.shape)}; the adapter was saved for a different base model "
                                   f"(architecture or hidden size) or rank")
     with torch.no_grad():
-        for ckpt_key, tensor in peft_model_state_dict.items():
+        for ckpt_key, tensor in bar(list(peft_model_state_dict.items()), desc=f"loading adapter {adapter_name}",
+                                    min_items=PROGRESS_MIN_TENSORS):
             target = targets[by_ckpt[ckpt_key]]
             if target.device.type == "meta":
                 raise CheckpointError(f"{ckpt_key} lives on the meta device; materialise the model first")

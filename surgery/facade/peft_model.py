@@ -23,10 +23,11 @@ from ..rewrite.trainable import adapter_layers, mark_trainable
 from ..methods.lora.mixed import BASE_NAME
 from .persistence import PersistenceMixin
 from .prompt import PromptLearningMixin
+from .training import TrainingMixin
 from .tuner import LoraModel, TunerModel
 
 
-class PeftModel(PersistenceMixin, PromptLearningMixin, nn.Module):
+class PeftModel(PersistenceMixin, PromptLearningMixin, TrainingMixin, nn.Module):
     """Base model encompassing various PEFT methods (PEFT's signature and attributes)."""
 
     # Task subclasses name the heads that train in full and are saved with the adapter.
@@ -43,6 +44,7 @@ class PeftModel(PersistenceMixin, PromptLearningMixin, nn.Module):
         self.base_model = tuner(model, self.peft_config)
         self.special_peft_forward_args = {"adapter_names"}
         self._add(adapter_name, peft_config, activate=True, strict=kwargs.pop("_strict_targets", True))
+        self._prepare_for_gradient_checkpointing(model)
 
     # -- adapters --------------------------------------------------------------------------------------
     def _task_config(self, peft_config: PeftConfig) -> PeftConfig:
@@ -218,16 +220,6 @@ class PeftModel(PersistenceMixin, PromptLearningMixin, nn.Module):
 
     def unmerge_adapter(self) -> None:
         self.base_model.unmerge_adapter()
-
-    # -- training helpers ------------------------------------------------------------------------------
-    def enable_input_require_grads(self) -> None:
-        """Make embeddings' outputs require grad, so gradient checkpointing reaches the adapters."""
-        embeddings = self.get_base_model().get_input_embeddings()
-        embeddings.register_forward_hook(lambda module, inputs, output: output.requires_grad_(True))
-
-    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: Optional[dict] = None) -> None:
-        self.get_base_model().gradient_checkpointing_enable(gradient_checkpointing_kwargs)
-        self.enable_input_require_grads()
 
 
 ModelUnion = Union[PeftModel, nn.Module]

@@ -6,6 +6,7 @@ from typing import Optional
 
 from .. import __version__
 from ..checkpoint.card import update_model_card
+from ..checkpoint.gather import full_tensors
 from ..checkpoint.io import (adapter_dir, read_config_dict, read_tensors, resolve_adapter_files,
                              saved_config_dict, write_adapter)
 from ..checkpoint.state import get_peft_model_state_dict, set_peft_model_state_dict
@@ -20,7 +21,11 @@ class PersistenceMixin:
     def save_pretrained(self, save_directory: str, safe_serialization: bool = True,
                         selected_adapters: Optional[list[str]] = None, save_embedding_layers=False,
                         is_main_process: bool = True, **kwargs) -> None:
-        """Write each adapter in PEFT's format (non-default adapters in subfolders); atomic per file."""
+        """Write each adapter in PEFT's format (non-default adapters in subfolders); atomic per file.
+
+        Under torch.distributed call it on every rank with is_main_process=(rank == 0): FSDP2-sharded adapters
+        are gathered collectively, then only the main process writes. `state_dict=` (PEFT's keyword) takes the
+        adapter tensors from that full-model state dict instead of the live parameters."""
         if os.path.isfile(save_directory):
             raise ValueError(f"save_directory {save_directory!r} is a file; pass a directory")
         names = list(self.peft_config) if selected_adapters is None else list(selected_adapters)
@@ -29,12 +34,16 @@ class PersistenceMixin:
             if name not in self.peft_config:
                 raise AdapterNameError(f"selected_adapters: {name!r} is not an adapter of this model; "
                                        f"adapters: {list(self.peft_config)}")
+        # Every process collects (sharded FSDP2 parameters are gathered: a collective); only the main one writes.
+        state_dict = kwargs.get("state_dict")
+        collected = {name: full_tensors(get_peft_model_state_dict(self, state_dict=state_dict, adapter_name=name))
+                     for name in names}
         if not is_main_process:
             return
         for name in names:
             config = self.peft_config[name]
             directory = adapter_dir(save_directory, name)
-            tensors = get_peft_model_state_dict(self, adapter_name=name)
+            tensors = collected[name]
             base = config.base_model_name_or_path
             write_adapter(directory, saved_config_dict(config, base, config.revision), tensors, safe_serialization)
             if name == "default" or not os.path.exists(os.path.join(save_directory, "README.md")):

@@ -1,0 +1,71 @@
+"""Training helpers on PeftModel: activation (gradient) checkpointing and the input-embeddings require-grad fix.
+
+With activation checkpointing, a checkpointed block whose inputs do not require grad is replayed without
+building a graph (the reentrant variant) and its adapters get no gradient: the base model's embeddings are
+frozen, so their output does not require grad. The fix PEFT applies, and surgery too, is a forward hook that
+marks the embeddings' output as requiring grad. It is installed when checkpointing is enabled through the
+PeftModel, and when the base model already had checkpointing on as it was wrapped (as PEFT does).
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+
+def _outputs_require_grad(module, inputs, output):
+    output.requires_grad_(True)
+
+
+class TrainingMixin:
+    def _prepare_for_gradient_checkpointing(self, model) -> None:
+        """As PEFT at wrap time: a model with checkpointing already on (or one that cannot tell) gets the fix."""
+        if any(getattr(model, flag, False) for flag in ("is_loaded_in_8bit", "is_loaded_in_4bit", "is_quantized")):
+            return
+        on = getattr(model, "is_activation_checkpointing", None)  # transformers >= 5; older: is_gradient_...
+        if on if on is not None else getattr(model, "is_gradient_checkpointing", True):
+            self.enable_input_require_grads()
+
+    def enable_input_require_grads(self) -> None:
+        """Make the input embeddings' output require grad, so checkpointed blocks reach the adapters (idempotent)."""
+        base = self.get_base_model()
+        if getattr(base, "_require_grads_hooks", None):
+            return
+        if hasattr(base, "enable_input_require_grads") and hasattr(base, "get_input_embeddings"):
+            base.enable_input_require_grads()  # transformers: every input embedding of the model
+            return
+        embeddings = base.get_input_embeddings() if hasattr(base, "get_input_embeddings") else None
+        if embeddings is not None:
+            base._require_grads_hooks = [embeddings.register_forward_hook(_outputs_require_grad)]
+
+    def disable_input_require_grads(self) -> None:
+        base = self.get_base_model()
+        for handle in getattr(base, "_require_grads_hooks", None) or []:
+            handle.remove()
+        if hasattr(base, "_require_grads_hooks"):
+            base._require_grads_hooks = []
+
+    def activation_checkpointing_enable(self, activation_checkpointing_kwargs: Optional[dict] = None,
+                                        **kwargs) -> None:
+        """Checkpoint the base model's layers (transformers' API; kwargs such as every_n_layers pass through)."""
+        base = self.get_base_model()
+        if hasattr(base, "activation_checkpointing_enable"):
+            base.activation_checkpointing_enable(activation_checkpointing_kwargs=activation_checkpointing_kwargs,
+                                                 **kwargs)
+        else:  # transformers < 5: the older name
+            base.gradient_checkpointing_enable(gradient_checkpointing_kwargs=activation_checkpointing_kwargs,
+                                               **kwargs)
+        self.enable_input_require_grads()
+
+    def activation_checkpointing_disable(self) -> None:
+        base = self.get_base_model()
+        if hasattr(base, "activation_checkpointing_disable"):
+            base.activation_checkpointing_disable()
+        else:
+            base.gradient_checkpointing_disable()
+        self.disable_input_require_grads()
+
+    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: Optional[dict] = None, **kwargs) -> None:
+        """PEFT users' name for activation_checkpointing_enable (same behaviour, no deprecation warning)."""
+        self.activation_checkpointing_enable(gradient_checkpointing_kwargs, **kwargs)
+
+    def gradient_checkpointing_disable(self) -> None:
+        self.activation_checkpointing_disable()
