@@ -73,10 +73,20 @@ class AdapterLayer(nn.Module):
     def set_adapter(self, adapter_names: Union[str, Iterable[str]], trainable: bool = True) -> None:
         """Activate these adapters; only active adapters' parameters require grad (when trainable)."""
         names = [adapter_names] if isinstance(adapter_names, str) else list(adapter_names)
+        present = set()
         for container in self.adapter_layer_names:
-            for key, value in getattr(self, container).items():
-                value.requires_grad_(trainable and key in names)
-        self._active_adapters = [n for n in names if n in self.adapter_names()]
+            holder = getattr(self, container)
+            for key in holder.keys():
+                present.add(key)
+                value = holder[key]
+                flag = trainable and key in names
+                if isinstance(value, nn.Parameter):
+                    value.requires_grad_(flag)
+                else:  # a small module (lora_A, lora_B, a DoRA magnitude): its own parameters only
+                    for param in value._parameters.values():
+                        if param is not None:
+                            param.requires_grad_(flag)
+        self._active_adapters = [n for n in names if n in present]
 
     def enable_adapters(self, enabled: bool) -> None:
         """Enable or disable every adapter of this layer (disabled: the base layer alone runs)."""

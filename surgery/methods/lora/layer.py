@@ -23,6 +23,21 @@ from .init import init_linear_like
 from .mixed import mixed_adapter_output
 
 
+_NO_DROPOUT = nn.Identity()  # stateless: one instance serves every adapter without dropout
+
+
+def uninitialised_linear(in_f: int, out_f: int, bias: bool, device, dtype) -> nn.Linear:
+    """An nn.Linear with empty parameters: the initialiser fills them once (nn.Linear's own init would run
+    kaiming first, wasted work that dominates injection time on a meta-device 70B model)."""
+    layer = nn.Linear.__new__(nn.Linear)
+    nn.Module.__init__(layer)
+    layer.in_features, layer.out_features = in_f, out_f
+    layer.weight = nn.Parameter(torch.empty(out_f, in_f, device=device, dtype=dtype))
+    bias_param = nn.Parameter(torch.empty(out_f, device=device, dtype=dtype)) if bias else None
+    layer.register_parameter("bias", bias_param)
+    return layer
+
+
 class LoraLayer(AdapterLayer):
     adapter_layer_names = ("lora_A", "lora_B", "lora_embedding_A", "lora_embedding_B", "lora_magnitude_vector")
     other_param_names = ("r", "lora_alpha", "scaling", "lora_dropout")
@@ -48,22 +63,32 @@ class LoraLayer(AdapterLayer):
         self.r[adapter_name] = r
         self.lora_alpha[adapter_name] = lora_alpha
         self.scaling[adapter_name] = lora_alpha / math.sqrt(r) if config.use_rslora else lora_alpha / r
-        dropout = nn.Dropout(p=config.lora_dropout) if config.lora_dropout > 0 else nn.Identity()
+        dropout = nn.Dropout(p=config.lora_dropout) if config.lora_dropout > 0 else _NO_DROPOUT
         self.lora_dropout[adapter_name] = dropout
         self._new_factors(adapter_name, r, config)
         self.use_dora[adapter_name] = bool(config.use_dora)
         if config.use_dora:
             self.lora_magnitude_vector[adapter_name] = DoraMagnitude.for_layer(self, adapter_name)
-        self.set_adapter(self._active_adapters or [adapter_name], trainable=not config.inference_mode)
+        # Only the new adapter's flags change here; the model-wide pass (mark_trainable) settles the rest.
+        trainable = not config.inference_mode and (not self._active_adapters or adapter_name in self._active_adapters)
+        for container in self.adapter_layer_names:
+            holder = getattr(self, container)
+            if adapter_name in holder:
+                holder[adapter_name].requires_grad_(trainable)
+        if not self._active_adapters:
+            self._active_adapters = [adapter_name]
 
     def _new_factors(self, adapter_name: str, r: int, config) -> None:
         """Create lora_A/lora_B for nn.Linear-shaped layers; conv and embedding layers override."""
         base = self.get_base_layer()
         device, dtype = base.weight.device, base.weight.dtype
         in_f, out_f = self.in_out_features()
-        self.lora_A[adapter_name] = nn.Linear(in_f, r, bias=False, device=device, dtype=dtype)
-        self.lora_B[adapter_name] = nn.Linear(r, out_f, bias=config.lora_bias, device=device, dtype=dtype)
+        self.lora_A[adapter_name] = uninitialised_linear(in_f, r, False, device, dtype)
+        self.lora_B[adapter_name] = uninitialised_linear(r, out_f, config.lora_bias, device, dtype)
         if device.type != "meta":
+            if config.init_lora_weights is False:  # the no-op init keeps torch's default Linear init
+                self.lora_A[adapter_name].reset_parameters()
+                self.lora_B[adapter_name].reset_parameters()
             init_linear_like(config.init_lora_weights, self.lora_A[adapter_name], self.lora_B[adapter_name], r)
 
     def in_out_features(self) -> tuple[int, int]:
