@@ -244,7 +244,8 @@ def describe(site: Site, config) -> str:
         where = "the encoder's " if site.encoder_decoder else ""
         return f"{p} virtual tokens prepended to {where}input embeddings ({site.word_embeddings})"
     if site.route == CACHE:
-        return f"prefix keys/values ({p} slots x {config.num_layers} layers) through the model's KV cache ({site.cache_arg})"
+        return (f"prefix keys/values ({p} slots x {config.num_layers} layers) through the model's KV cache "
+                f"({site.cache_arg})")
     first = site.attention[0].path
     return (f"prefix keys/values ({p} slots) injected at {len(site.attention)} self-attention modules "
             f"({first}, ...) by forward pre-hooks")

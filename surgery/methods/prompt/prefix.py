@@ -1,7 +1,7 @@
 """PrefixEncoder: prefix tuning's per-layer key/value states, and how the flat vector maps to layers.
 
-    prefix tokens 0..P-1 ─► embedding (P x L*2*d)                                  (prefix_projection False)
-                        └► embedding (P x d) ─ Linear(d, h) ─ tanh ─ Linear(h, L*2*d)  (prefix_projection True)
+    prefix tokens 0..P-1 ─► embedding (P x L*2*d)                                (prefix_projection False)
+                        └► embedding (P x d) ─ Linear(d, h) ─ tanh ─ Linear(h, L*2*d)  (prefix_projection)
 
 Each row is cut into L layers x (key, value) x heads x head_dim (d = heads * head_dim). Layer i attends
 over [prefix_k(i); k] and [prefix_v(i); v]: the P prefix slots cost no input tokens.
