@@ -10,7 +10,8 @@ pytestmark = pytest.mark.filterwarnings("ignore")
 
 
 def _two_adapters():
-    model = surgery.get_peft_model(tm.tiny_llama(), surgery.LoraConfig(target_modules=["q_proj", "v_proj"], r=4,
+    # one decoder layer: every adapter state below is a fresh inductor compile, and CI's caches start cold
+    model = surgery.get_peft_model(tm.tiny_llama(num_hidden_layers=1), surgery.LoraConfig(target_modules=["q_proj", "v_proj"], r=4,
                                                                        init_lora_weights=False))
     model.add_adapter("other", surgery.LoraConfig(target_modules=["q_proj", "v_proj"], r=2, init_lora_weights=False))
     return model.eval()
