@@ -11,7 +11,6 @@ from safetensors.torch import load_file
 
 import surgery
 import trainer_case as case
-from surgery.integrations.trainer import SurgeryTrainer
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
