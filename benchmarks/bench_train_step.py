@@ -1,0 +1,126 @@
+"""Training-step speed: forward + backward + AdamW step, LoRA and DoRA, surgery vs PEFT vs a lower bound.
+
+    python benchmarks/bench_train_step.py [--quick]
+
+Model: a real-weight Llama (hidden 512, intermediate 1376, 4 layers, 8 heads, vocab 32000, float32),
+batch 4 x 128 tokens, causal-LM loss; adapters r=16 on all-linear (lm_head excluded, as in PEFT).
+
+The lower bound is the same model with every parameter frozen and the input embeddings' output made to
+require grad: forward + backward through the activations only (no weight gradients, no optimizer).
+Any adapter step must do at least this work; the ratio time/bound is the adapter's overhead.
+Targets: LoRA <= 1.05x bound, DoRA <= 1.12x bound, judged on the paired ratio (the median over rounds
+of case time / bound time measured in the same round), which cancels slow stretches of a shared machine.
+"""
+from __future__ import annotations
+
+import _common as C  # noqa: I001  (sets warning filters before torch/transformers import)
+
+import copy
+
+import peft
+import torch
+
+import surgery
+from _models import copy_adapters, n_params, small_llama
+
+TARGETS = {"LoRA": 1.05, "DoRA": 1.12}
+
+
+def make_bound(base):
+    model = copy.deepcopy(base)
+    model.requires_grad_(False)
+    model.get_input_embeddings().register_forward_hook(lambda mod, inp, out: out.requires_grad_(True))
+    model.train()
+
+    def step(batch):
+        loss = model(input_ids=batch, labels=batch).loss
+        loss.backward()
+        return loss.detach()
+    return model, step
+
+
+def make_adapter(lib, base, use_dora: bool, r: int):
+    model = lib.get_peft_model(copy.deepcopy(base), lib.LoraConfig(target_modules="all-linear", r=r,
+                                                                    use_dora=use_dora))
+    model.train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=1e-4)
+
+    def step(batch):
+        opt.zero_grad(set_to_none=True)
+        loss = model(input_ids=batch, labels=batch).loss
+        loss.backward()
+        opt.step()
+        return loss.detach()
+    return model, step
+
+
+def main():
+    def extra(p):
+        p.add_argument("--batch", type=int, default=4)
+        p.add_argument("--seq", type=int, default=128)
+        p.add_argument("--rank", type=int, default=16)
+    args = C.parse_args(__doc__.splitlines()[0], default_repeats=15, quick_repeats=4, default_warmup=2,
+                        extra=extra)
+    C.header("bench_train_step: forward + backward + AdamW step", args)
+    base = small_llama()
+    torch.manual_seed(123)
+    batch = torch.randint(0, base.config.vocab_size, (args.batch, args.seq))
+    print(f"model: Llama {n_params(base) / 1e6:.1f}M params, hidden 512, inter 1376, 4 layers; "
+          f"batch {args.batch}x{args.seq}; all-linear r={args.rank}")
+
+    bound_model, bound_step = make_bound(base)
+    steps = {"bound": bound_step}
+    models = {}
+    for method, dora in (("LoRA", False), ("DoRA", True)):
+        p_model, p_step = make_adapter(peft, base, dora, args.rank)
+        s_model, s_step = make_adapter(surgery, base, dora, args.rank)
+        n = copy_adapters(p_model, s_model)        # identical adapter weights in both
+        assert p_model.get_nb_trainable_parameters() == s_model.get_nb_trainable_parameters()
+        models[method] = (s_model, p_model)
+        steps[f"surgery {method}"] = s_step
+        steps[f"PEFT {method}"] = p_step
+        trainable = s_model.get_nb_trainable_parameters()[0]
+        print(f"{method}: {n} adapter tensors, {trainable:,} trainable params (same in both)")
+
+    # correctness: the first step gives the same loss in both libraries (same weights, same batch)
+    with torch.no_grad():
+        for method, (s_model, p_model) in models.items():
+            ls = s_model(input_ids=batch, labels=batch).loss.item()
+            lp = p_model(input_ids=batch, labels=batch).loss.item()
+            print(f"{method} loss before training: surgery {ls:.6f}  PEFT {lp:.6f}  |diff| {abs(ls - lp):.2e}")
+    print(flush=True)
+
+    cases = {name: (lambda: batch, fn) for name, fn in steps.items()}
+    times = C.interleaved(cases, args.repeats, args.warmup, disable_gc=False)
+    med = {k: C.median(v) for k, v in times.items()}
+    bound = med["bound"]
+    mins = {k: min(v) for k, v in times.items()}
+    rows = [["bound (frozen, activations only)", C.fmt_ms(bound), C.spread(times["bound"]), "1.000x", "1.000x",
+             "1.000x", "", ""]]
+    results, all_met = {}, True
+    for method, target in TARGETS.items():
+        for lib in ("surgery", "PEFT"):
+            k = f"{lib} {method}"
+            rel = med[k] / bound
+            paired = C.paired_ratio(times, k, "bound")
+            met = C.verdict(paired, target) if lib == "surgery" else "(reference)"
+            if lib == "surgery":
+                all_met &= paired <= target
+            vs = C.paired_ratio(times, k, f"PEFT {method}") if lib == "surgery" else None
+            rows.append([k, C.fmt_ms(med[k]), C.spread(times[k]), f"{rel:.3f}x", f"{paired:.3f}x",
+                         f"{mins[k] / mins['bound']:.3f}x", f"{vs:.3f}x" if vs is not None else "", met])
+            results[k] = {"median_s": med[k], "over_bound": rel, "over_bound_paired": paired,
+                          "over_bound_min": mins[k] / mins["bound"], "vs_peft_paired": vs}
+    print(C.table(["case", "median ms", "min-max ms", "median / median bound", "/ bound (paired)", "min / min bound",
+                   "surgery/PEFT (paired)", "target (on paired)"], rows))
+    print("\n'paired': the median over rounds of (this case's time / the bound's time in the same round);"
+          "\n'min / min bound': best-case ratio (noise on a shared machine only ever adds time).")
+    C.write_json(args.json, {"benchmark": "train_step", "repeats": args.repeats, "bound_s": bound,
+                             "results": results, "raw": times,
+                             "discarded_rounds": C.last_discarded})
+    return 0 if all_met else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
