@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import enum
+import functools
 import logging
 import typing
 from dataclasses import dataclass, field
@@ -104,11 +105,17 @@ class PeftConfig:
         return copy.deepcopy(self)
 
     def _check_types(self) -> None:
-        hints = typing.get_type_hints(type(self))
+        hints = _type_hints(type(self))
         for f in dataclasses.fields(self):
             if f.metadata.get("unchecked"):
                 continue
             check_type(type(self).__name__, f.name, getattr(self, f.name), hints[f.name])
+
+
+@functools.lru_cache(maxsize=None)
+def _type_hints(cls) -> dict:
+    """Resolved field annotations, once per class (resolving them costs ~0.4 ms, on every config)."""
+    return typing.get_type_hints(cls)
 
 
 def _check_inert(cls, key: str, value: Any) -> None:

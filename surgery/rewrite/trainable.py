@@ -16,9 +16,14 @@ def adapter_layers(model: nn.Module):
 def mark_trainable(model: nn.Module, config, active: list[str], paths: list[str]) -> None:
     """Freeze the base model; only the `active` adapters' parameters (and biases per config.bias) train."""
     trainable = not config.inference_mode
-    for p in model.parameters():
-        p.requires_grad_(False)
-    for _, layer in adapter_layers(model):
+    layers = []
+    for module in model.modules():  # one walk: freeze everything, remember the adapter layers
+        for p in module._parameters.values():
+            if p is not None:
+                p.requires_grad_(False)
+        if is_adapter_layer(module):
+            layers.append(module)
+    for layer in layers:
         layer.set_adapter(active, trainable=trainable)
     if not trainable:
         return
@@ -27,7 +32,7 @@ def mark_trainable(model: nn.Module, config, active: list[str], paths: list[str]
         for n, p in model.named_parameters():
             if n == "bias" or n.endswith(".bias"):
                 p.requires_grad_(True)
-        for _, layer in adapter_layers(model):  # as PEFT: the original of a modules_to_save copy stays frozen
+        for layer in layers:  # as PEFT: the original of a modules_to_save copy stays frozen
             if getattr(layer, "_surgery_modules_to_save", False):
                 layer.original_module.requires_grad_(False)
     elif mode == "lora_only":
