@@ -19,6 +19,7 @@ from ..config.loading import load_config
 from ..errors import AdapterNameError
 from ..naming import validate_adapter_name
 from ..plan.model import Plan, trainable_line
+from ..plan.planner import add_heads
 from ..rewrite.trainable import adapter_layers, mark_trainable
 from ..methods.lora.mixed import BASE_NAME
 from .persistence import PersistenceMixin
@@ -49,9 +50,7 @@ class PeftModel(PersistenceMixin, PromptLearningMixin, TrainingMixin, nn.Module)
     # -- adapters --------------------------------------------------------------------------------------
     def _task_config(self, peft_config: PeftConfig) -> PeftConfig:
         config = load_config(peft_config)  # a copy: the user's object is never mutated
-        if self.default_modules_to_save:
-            extra = [m for m in self.default_modules_to_save if m not in (config.modules_to_save or [])]
-            config.modules_to_save = list(config.modules_to_save or []) + extra
+        add_heads(config, self.default_modules_to_save)  # the class's heads, even without a task_type
         return config
 
     def _add(self, adapter_name: str, peft_config: PeftConfig, activate: bool, strict: bool = True) -> Plan:

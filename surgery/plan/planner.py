@@ -62,7 +62,11 @@ def _add_task_heads(config) -> None:
     """The heads the task's PeftModel class trains in full (e.g. the classifier for SEQ_CLS), as PEFT adds."""
     from ..facade.tasks import class_for_task  # lazy: the facade imports the planner
 
-    heads = class_for_task(config.task_type).default_modules_to_save
+    add_heads(config, class_for_task(config.task_type).default_modules_to_save)
+
+
+def add_heads(config, heads) -> None:
+    """Append `heads` to config.modules_to_save (in place on the planner's own copy), skipping repeats."""
     extra = [m for m in heads if m not in (config.modules_to_save or [])]
     if extra and hasattr(config, "modules_to_save"):
         config.modules_to_save = list(config.modules_to_save or []) + extra
