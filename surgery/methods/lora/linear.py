@@ -7,11 +7,19 @@ from __future__ import annotations
 
 import torch
 
+from .fused import fused_forward
 from .layer import LoraLayer
 
 
 class Linear(LoraLayer):
     supports_dora = True
+
+    def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        if not args and not kwargs:
+            out = fused_forward(self, x)   # training fast path; None where it does not apply
+            if out is not None:
+                return out
+        return super().forward(x, *args, **kwargs)
 
     def _merged_weight(self, weight: torch.Tensor, name: str, sign: int) -> torch.Tensor:
         if self.use_dora[name]:

@@ -1,0 +1,133 @@
+"""Fused training kernels for a LoRA / DoRA Linear: the base matmul and the adapter in one autograd node.
+
+Autograd over the plain expression `base(x) + s * B(A(x))` spends two extra passes over the (tokens x out)
+activations forward (`* s`, `+`) and two backward (the grad of `* s`, and summing the base and adapter
+gradients of x over (tokens x in)). Written by hand, all of these fold into the GEMMs:
+
+    forward   y  = addmm(x W^T, h, B^T, alpha=s)              h = x A^T           (tokens x r)
+    backward  gh = s * g B                                     (tokens x r: the cheap side gets the scale)
+              dB = s * g^T h,   dA = gh^T x,   dx = addmm(g W, gh, A)
+
+DoRA (n = ||W + s B A||_row, detached as in the paper and PEFT; m the magnitude):
+
+    forward   out = (m / n) * y  (+ bias)
+    backward  dm = sum_tokens(g * y) / n,   gy = g * (m / n),   then the LoRA backward on gy
+
+With LoRA dropout the adapter reads x_d = dropout(x) (the module runs as usual, so the random stream is
+the same as on the generic path) and autograd carries dx_d back through the dropout mask. DoRA with dropout,
+an nn.Linear / Conv1D base with hooks, several active adapters, autocast or mixed dtypes take the generic
+path in layer.py, which gives the same values.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import nn
+from torch.nn.modules import module as _module_globals
+
+from .layer import _NO_DROPOUT
+
+
+def _plain_base(base: nn.Module) -> bool:
+    """A base whose forward is exactly x W^T + b, with nothing hooked on it."""
+    kind = type(base)
+    if kind is not nn.Linear and not (kind.__name__ == "Conv1D" and hasattr(base, "nf")):
+        return False
+    return not (base._forward_hooks or base._forward_pre_hooks or "forward" in base.__dict__)
+
+
+def _no_global_hooks() -> bool:
+    return not (_module_globals._global_forward_hooks or _module_globals._global_forward_pre_hooks)
+
+
+def fused_forward(layer, x: torch.Tensor) -> Optional[torch.Tensor]:
+    """The layer's training output through one fused node, or None where the generic path must run."""
+    if not (layer.training and torch.is_grad_enabled()) or len(layer._active_adapters) != 1:
+        return None
+    if layer._disable_adapters or layer.merged_adapters or getattr(layer, "_batch_adapters", None) is not None:
+        return None
+    name = layer._active_adapters[0]
+    if name not in layer.r:
+        return None
+    dropout = layer.lora_dropout[name]
+    if dropout is not _NO_DROPOUT and layer.use_dora[name]:
+        return None
+    base = layer.base_layer
+    if not _plain_base(base) or not _no_global_hooks() or torch.is_autocast_enabled(x.device.type):
+        return None
+    A, B = layer.lora_A[name], layer.lora_B[name]
+    if B.bias is not None or not (x.dtype == base.weight.dtype == A.weight.dtype == B.weight.dtype):
+        return None
+    weight = base.weight.T if layer.fan_in_fan_out else base.weight   # (out, in)
+    x2d = x.reshape(-1, x.shape[-1])
+    s = float(layer.scaling[name])
+    if layer.use_dora[name]:
+        magnitude = layer.lora_magnitude_vector[name]
+        if magnitude.weight.dtype != x.dtype:
+            return None
+        norm = magnitude.row_norm(layer, name, base.weight).to(x.dtype)
+        out = _DoraLinear.apply(x2d, weight, base.bias, A.weight, B.weight, magnitude.weight, norm, s)
+    else:
+        x_d = None if dropout is _NO_DROPOUT else dropout(x2d)
+        out = _LoraLinear.apply(x2d, weight, base.bias, A.weight, B.weight, s, x_d)
+    return out.view(*x.shape[:-1], out.shape[-1])
+
+
+def _lora_backward(ctx, g: torch.Tensor, x, x_d, h, weight, A, B, s):
+    """Gradients of y = x W^T + s (x_d A^T) B^T for output grad g: (dx, dx_d, dW, dA, dB).
+    x_d None means the adapter read x itself, and its x-gradient is folded into dx."""
+    need_x, need_w, need_a, need_b = (ctx.needs_input_grad[i] for i in (0, 1, 3, 4))
+    need_xd = x_d is not None and ctx.needs_input_grad[6]
+    gh = torch.mm(g, B).mul_(s) if (need_x or need_a or need_xd) else None
+    dB = torch.mm(g.t(), h).mul_(s) if need_b else None
+    dA = torch.mm(gh.t(), x if x_d is None else x_d) if need_a else None
+    dW = torch.mm(g.t(), x) if need_w else None
+    dx = torch.mm(g, weight) if need_x else None
+    dx_d = None
+    if x_d is None:
+        dx = dx.addmm_(gh, A) if need_x else None
+    elif need_xd:
+        dx_d = torch.mm(gh, A)
+    return dx, dx_d, dW, dA, dB
+
+
+class _LoraLinear(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, weight, bias, A, B, s, x_d):
+        h = torch.mm(x if x_d is None else x_d, A.t())
+        y = torch.mm(x, weight.t()) if bias is None else torch.addmm(bias, x, weight.t())
+        y = y.addmm_(h, B.t(), alpha=s)
+        ctx.save_for_backward(x, x_d, h, weight, A, B)
+        ctx.s = s
+        return y
+
+    @staticmethod
+    def backward(ctx, g):
+        x, x_d, h, weight, A, B = ctx.saved_tensors
+        g = g.contiguous()
+        dx, dx_d, dW, dA, dB = _lora_backward(ctx, g, x, x_d, h, weight, A, B, ctx.s)
+        dbias = g.sum(0) if ctx.needs_input_grad[2] else None
+        return dx, dW, dbias, dA, dB, None, dx_d
+
+
+class _DoraLinear(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, weight, bias, A, B, magnitude, norm, s):
+        h = torch.mm(x, A.t())
+        y = torch.mm(x, weight.t()).addmm_(h, B.t(), alpha=s)    # W x + s B A x
+        scale = magnitude / norm
+        out = y * scale if bias is None else torch.addcmul(bias, y, scale)
+        ctx.save_for_backward(x, h, weight, A, B, y, scale, norm)
+        ctx.s = s
+        return out
+
+    @staticmethod
+    def backward(ctx, g):
+        x, h, weight, A, B, y, scale, norm = ctx.saved_tensors
+        g = g.contiguous()
+        dm = (g * y).sum(0).div_(norm) if ctx.needs_input_grad[5] else None
+        dbias = g.sum(0) if ctx.needs_input_grad[2] else None
+        gy = g * scale
+        dx, _, dW, dA, dB = _lora_backward(ctx, gy, x, None, h, weight, A, B, ctx.s)
+        return dx, dW, dbias, dA, dB, dm, None, None
