@@ -26,8 +26,7 @@ def adapter_model_keys(peft_model: nn.Module, adapter_name: str, bias: str = "no
                 for k, v in layer.modules_to_save[adapter_name].state_dict().items():
                     out[f"{prefix}{fqn}.{SAVED_COPY}.{adapter_name}.{k}"] = v
             continue
-        for container in layer.adapter_layer_names:
-            holder = getattr(layer, container)
+        for container, holder in layer.adapter_containers():
             if adapter_name not in holder:
                 continue
             item = holder[adapter_name]

@@ -3,6 +3,7 @@
 Nodes are qualified module names ("" is the root); edges go parent -> child. Node facts:
   type (class name), module (the object), params (own parameter count), shapes ({name: shape}),
   layer_index (first numbered segment, PEFT's rule), tied_with (other modules sharing a parameter).
+Graph fact: param_count (every parameter once; None when an adapter layer hid some from the walk).
 The walk never descends into adapter layers' internals: an adapter layer is one node.
 """
 from __future__ import annotations
@@ -17,8 +18,9 @@ _LAYER_INDEX = re.compile(r".*?\.[^.]*\.(?P<idx>\d+)\.")
 
 
 def is_adapter_layer(module: nn.Module) -> bool:
-    """Adapter layers mark themselves with `_surgery_adapter_layer` (see methods/base_layer.py)."""
-    return getattr(module, "_surgery_adapter_layer", False)
+    """Adapter layers mark their class with `_surgery_adapter_layer` (see methods/base_layer.py). Looked up on
+    the class: a miss on the instance goes through nn.Module.__getattr__, ten times slower, once per module."""
+    return getattr(type(module), "_surgery_adapter_layer", False)
 
 
 def layer_index(fqn: str) -> Optional[int]:
@@ -30,31 +32,56 @@ def layer_index(fqn: str) -> Optional[int]:
 def iter_modules(model: nn.Module):
     """(fqn, module) pairs in named_modules order, not descending into adapter layers or their base."""
     stack = [("", model)]
+    pop, extend = stack.pop, stack.extend
     while stack:
-        name, module = stack.pop()
+        name, module = pop()
         yield name, module
-        if is_adapter_layer(module):
+        if is_adapter_layer(module) or not module._modules:
             continue
-        children = [(f"{name}.{child_name}" if name else child_name, child)
-                    for child_name, child in module._modules.items() if child is not None]
-        stack.extend(reversed(children))
+        prefix = name + "." if name else ""
+        extend(reversed([(prefix + child_name, child) for child_name, child in module._modules.items()
+                         if child is not None]))
+
+
+def all_modules(model: nn.Module):
+    """Every module once, adapter internals included (model.modules() without its nested generators, which
+    cost a frame per tree level for every module)."""
+    seen: set[int] = set()
+    stack = [model]
+    while stack:
+        module = stack.pop()
+        if id(module) in seen:
+            continue
+        seen.add(id(module))
+        yield module
+        stack.extend(child for child in module._modules.values() if child is not None)
 
 
 def module_graph(model: nn.Module) -> nx.DiGraph:
     """The module tree as a DiGraph with node facts; cheap enough for a 70B meta model."""
-    graph = nx.DiGraph()
+    nodes, edges = [], []
     owners: dict[int, list[str]] = {}
+    numels: dict[int, int] = {}
+    whole = True   # False once an adapter layer hides parameters from this walk
+    indexes: dict[str, Optional[int]] = {"": None}
     for name, module in iter_modules(model):
-        shapes = {p_name: tuple(p.shape) for p_name, p in module._parameters.items() if p is not None}
-        for p_name, p in module._parameters.items():
-            if p is not None:
-                owners.setdefault(id(p), []).append(name)
-        graph.add_node(name, type=type(module).__name__, module=module,
-                       params=sum(p.numel() for p in module._parameters.values() if p is not None),
-                       shapes=shapes, layer_index=layer_index(name) if name else None, tied_with=())
+        params = [(p_name, p) for p_name, p in module._parameters.items() if p is not None]
+        for _, p in params:
+            owners.setdefault(id(p), []).append(name)
+            numels[id(p)] = p.numel()
+        whole = whole and not is_adapter_layer(module)
+        parent, _, last = name.rpartition(".")
+        # A new layer index can only appear at a numbered segment; elsewhere a module has its parent's.
+        indexes[name] = (layer_index(name) if last.isdigit() else indexes[parent]) if name else None
+        nodes.append((name, {"type": type(module).__name__, "module": module,
+                             "params": sum(p.numel() for _, p in params), "shapes": {k: tuple(p.shape) for k, p in params},
+                             "layer_index": indexes[name], "tied_with": ()}))
         if name:
-            parent = name.rpartition(".")[0]
-            graph.add_edge(parent, name)
+            edges.append((parent, name))
+    # Graph facts: every parameter once (shared ones once), when no adapter layer hid any from the walk.
+    graph = nx.DiGraph(param_count=sum(numels.values()) if whole else None)
+    graph.add_nodes_from(nodes)
+    graph.add_edges_from(edges)
     for names in owners.values():
         if len(names) > 1:
             for name in names:

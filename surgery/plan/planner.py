@@ -49,13 +49,15 @@ def plan(model: nn.Module, config: Union[PeftConfig, dict, str], adapter_name: s
     return Plan(adapter_name=adapter_name, peft_type=config.peft_type.value,
                 task_type=config.task_type.value if config.task_type else None, rewrites=rewrites,
                 modules_to_save=saved, trainable_bias_params=_bias_params(model, config, matches, saved),
-                base_params=count_params(model), config=resolved.to_dict(), rules=rule.describe(),
+                base_params=count_params(model, graph), config=resolved.to_dict(), rules=rule.describe(),
                 warnings=warnings)
 
 
-def count_params(model: nn.Module) -> int:
-    """Every parameter once (tied parameters counted once), as PEFT's get_nb_trainable_parameters."""
-    return sum(p.numel() for p in model.parameters())
+def count_params(model: nn.Module, graph=None) -> int:
+    """Every parameter once (tied parameters counted once), as PEFT's get_nb_trainable_parameters; read from
+    the module graph's facts when its walk saw every parameter."""
+    counted = graph.graph.get("param_count") if graph is not None else None
+    return counted if counted is not None else sum(p.numel() for p in model.parameters())
 
 
 def _add_task_heads(config) -> None:

@@ -15,8 +15,19 @@ logger = logging.getLogger(__name__)
 
 
 def _parent_and_attr(model: nn.Module, path: str) -> tuple[nn.Module, str]:
+    """The parent module of `path` and the child's attribute name, read through the `_modules` dicts
+    (get_submodule's getattr per segment is the slow path of nn.Module)."""
     parent_path, _, attr = path.rpartition(".")
-    return (model.get_submodule(parent_path) if parent_path else model), attr
+    parent = model
+    for part in parent_path.split(".") if parent_path else ():
+        child = parent._modules.get(part)
+        parent = child if child is not None else parent.get_submodule(part)
+    return parent, attr
+
+
+def _child(parent: nn.Module, attr: str) -> nn.Module:
+    child = parent._modules.get(attr)
+    return child if child is not None else parent.get_submodule(attr)
 
 
 def apply_plan(model: nn.Module, plan: Plan, config, active: list[str] | None = None) -> Plan:
@@ -30,16 +41,16 @@ def apply_plan(model: nn.Module, plan: Plan, config, active: list[str] | None = 
     extended: list[nn.Module] = []                        # existing adapter layers given one more adapter
     try:
         for rw in plan.rewrites:
-            module = model.get_submodule(rw.path)
+            parent, attr = _parent_and_attr(model, rw.path)
+            module = _child(parent, attr)
             layer_cls = spec.wrapper_for(module, config, rw.path)
             if rw.action == "add":
                 module.update_layer(name, rw.rank, rw.alpha, config)
                 extended.append(module)
                 continue
             layer = layer_cls(module, fan_in_fan_out=rw.fan_in_fan_out)
-            layer._surgery_fqn = rw.path
+            layer.__dict__["_surgery_fqn"] = rw.path
             layer.update_layer(name, rw.rank, rw.alpha, config)
-            parent, attr = _parent_and_attr(model, rw.path)
             built.append((parent, attr, layer))
         saved = []
         for entry in plan.modules_to_save:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from ..graph.walk import is_adapter_layer
+from ..graph.walk import all_modules, is_adapter_layer
 
 
 def adapter_layers(model: nn.Module):
@@ -17,7 +17,7 @@ def mark_trainable(model: nn.Module, config, active: list[str], paths: list[str]
     """Freeze the base model; only the `active` adapters' parameters (and biases per config.bias) train."""
     trainable = not config.inference_mode
     layers = []
-    for module in model.modules():  # one walk: freeze everything, remember the adapter layers
+    for module in all_modules(model):  # one walk: freeze everything, remember the adapter layers
         for p in module._parameters.values():
             if p is not None:
                 p.requires_grad_(False)

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from ...errors import MergeError
-from ..base_layer import AdapterLayer
+from ..base_layer import AdapterLayer, lazy_container
 from .dora import DoraMagnitude
 from .init import init_linear_like
 from .mixed import mixed_adapter_output
@@ -31,10 +31,10 @@ def uninitialised_linear(in_f: int, out_f: int, bias: bool, device, dtype) -> nn
     kaiming first, wasted work that dominates injection time on a meta-device 70B model)."""
     layer = nn.Linear.__new__(nn.Linear)
     nn.Module.__init__(layer)
-    layer.in_features, layer.out_features = in_f, out_f
-    layer.weight = nn.Parameter(torch.empty(out_f, in_f, device=device, dtype=dtype))
-    bias_param = nn.Parameter(torch.empty(out_f, device=device, dtype=dtype)) if bias else None
-    layer.register_parameter("bias", bias_param)
+    layer.__dict__.update(in_features=in_f, out_features=out_f)  # past nn.Module.__setattr__: see AdapterLayer
+    params = layer._parameters
+    params["weight"] = nn.Parameter(torch.empty(out_f, in_f, device=device, dtype=dtype))
+    params["bias"] = nn.Parameter(torch.empty(out_f, device=device, dtype=dtype)) if bias else None
     return layer
 
 
@@ -42,20 +42,22 @@ class LoraLayer(AdapterLayer):
     adapter_layer_names = ("lora_A", "lora_B", "lora_embedding_A", "lora_embedding_B", "lora_magnitude_vector")
     other_param_names = ("r", "lora_alpha", "scaling", "lora_dropout")
     supports_dora = False
+    lora_embedding_A = lazy_container("lora_embedding_A", nn.ParameterDict)
+    lora_embedding_B = lazy_container("lora_embedding_B", nn.ParameterDict)
+    lora_magnitude_vector = lazy_container("lora_magnitude_vector", nn.ModuleDict)
 
     def __init__(self, base_layer: nn.Module, fan_in_fan_out: bool = False):
         super().__init__(base_layer)
-        self.fan_in_fan_out = fan_in_fan_out
-        self.lora_A = nn.ModuleDict()
-        self.lora_B = nn.ModuleDict()
-        self.lora_embedding_A = nn.ParameterDict()
-        self.lora_embedding_B = nn.ParameterDict()
-        self.lora_magnitude_vector = nn.ModuleDict()
-        self.lora_dropout = nn.ModuleDict()
-        self.r: dict[str, int] = {}
-        self.lora_alpha: dict[str, float] = {}
-        self.scaling: dict[str, float] = {}
-        self.use_dora: dict[str, bool] = {}
+        modules = self._modules   # direct writes, as in AdapterLayer.__init__
+        modules["lora_A"], modules["lora_B"], modules["lora_dropout"] = nn.ModuleDict(), nn.ModuleDict(), nn.ModuleDict()
+        self.lora_A: nn.ModuleDict
+        self.lora_B: nn.ModuleDict
+        self.lora_dropout: nn.ModuleDict
+        self.__dict__.update(fan_in_fan_out=fan_in_fan_out, r={}, lora_alpha={}, scaling={}, use_dora={})
+        self.r: dict[str, int]
+        self.lora_alpha: dict[str, float]
+        self.scaling: dict[str, float]
+        self.use_dora: dict[str, bool]
 
     # -- adding an adapter -----------------------------------------------------------------------------
     def update_layer(self, adapter_name: str, r: int, lora_alpha: float, config) -> None:
@@ -64,32 +66,35 @@ class LoraLayer(AdapterLayer):
         self.lora_alpha[adapter_name] = lora_alpha
         self.scaling[adapter_name] = lora_alpha / math.sqrt(r) if config.use_rslora else lora_alpha / r
         dropout = nn.Dropout(p=config.lora_dropout) if config.lora_dropout > 0 else _NO_DROPOUT
-        self.lora_dropout[adapter_name] = dropout
+        self.lora_dropout._modules[adapter_name] = dropout  # the name was validated by the planner
         self._new_factors(adapter_name, r, config)
         self.use_dora[adapter_name] = bool(config.use_dora)
         if config.use_dora:
             self.lora_magnitude_vector[adapter_name] = DoraMagnitude.for_layer(self, adapter_name)
         # Only the new adapter's flags change here; the model-wide pass (mark_trainable) settles the rest.
         trainable = not config.inference_mode and (not self._active_adapters or adapter_name in self._active_adapters)
-        for container in self.adapter_layer_names:
-            holder = getattr(self, container)
-            if adapter_name in holder:
-                holder[adapter_name].requires_grad_(trainable)
+        for _, holder in self.adapter_containers():
+            param = holder._parameters.get(adapter_name)       # ParameterDict (embedding factors)
+            module = holder._modules.get(adapter_name)          # ModuleDict (lora_A/B, DoRA magnitude)
+            params = [param] if param is not None else list(module._parameters.values()) if module is not None else []
+            for p in params:
+                if p is not None:
+                    p.requires_grad_(trainable)
         if not self._active_adapters:
-            self._active_adapters = [adapter_name]
+            self.__dict__["_active_adapters"] = [adapter_name]
 
     def _new_factors(self, adapter_name: str, r: int, config) -> None:
         """Create lora_A/lora_B for nn.Linear-shaped layers; conv and embedding layers override."""
         base = self.get_base_layer()
         device, dtype = base.weight.device, base.weight.dtype
         in_f, out_f = self.in_out_features()
-        self.lora_A[adapter_name] = uninitialised_linear(in_f, r, False, device, dtype)
-        self.lora_B[adapter_name] = uninitialised_linear(r, out_f, config.lora_bias, device, dtype)
+        lora_A = self.lora_A._modules[adapter_name] = uninitialised_linear(in_f, r, False, device, dtype)
+        lora_B = self.lora_B._modules[adapter_name] = uninitialised_linear(r, out_f, config.lora_bias, device, dtype)
         if device.type != "meta":
             if config.init_lora_weights is False:  # the no-op init keeps torch's default Linear init
-                self.lora_A[adapter_name].reset_parameters()
-                self.lora_B[adapter_name].reset_parameters()
-            init_linear_like(config.init_lora_weights, self.lora_A[adapter_name], self.lora_B[adapter_name], r)
+                lora_A.reset_parameters()
+                lora_B.reset_parameters()
+            init_linear_like(config.init_lora_weights, lora_A, lora_B, r)
 
     def in_out_features(self) -> tuple[int, int]:
         weight = self.get_base_layer().weight
