@@ -109,7 +109,8 @@ def wait_for_quiet(max_wait_s: float = 60.0, window_s: float = 0.25, threshold: 
 def interleaved(cases: dict[str, tuple[Optional[Callable[[], object]], Callable[[object], object]]],
                 repeats: int, warmup: int = 1, disable_gc: bool = True, quiet: bool = True,
                 max_rounds: Optional[int] = None, wait_budget_s: float = 120.0) -> dict[str, list[float]]:
-    """Time every case `repeats` times, interleaved round by round; return {name: [seconds, ...]}.
+    """Time every case `repeats` times, interleaved round by round (order rotated each round); return
+    {name: [seconds, ...]}.
 
     A case is (setup, fn): setup() runs untimed before each call and its result is passed to fn;
     setup may be None (fn then gets None). Warm-up rounds run every case first and are discarded.
@@ -121,6 +122,7 @@ def interleaved(cases: dict[str, tuple[Optional[Callable[[], object]], Callable[
     """
     max_rounds = max_rounds if max_rounds is not None else 3 * repeats
     times: dict[str, list[float]] = {name: [] for name in cases}
+    names = list(cases)
     kept, discarded, round_ = 0, 0, 0
     waited = 0.0
     while kept < repeats:
@@ -128,7 +130,11 @@ def interleaved(cases: dict[str, tuple[Optional[Callable[[], object]], Callable[
         noisy = False
         if quiet:
             waited += wait_for_quiet(max_wait_s=max(0.0, min(60.0, wait_budget_s - waited)))
-        for name, (setup, fn) in cases.items():
+        # Rotate the order every round: a case that always runs right after another (e.g. after the bound, with
+        # its different memory footprint) would otherwise carry that neighbour's after-effects in every round.
+        shift = round_ % len(names)
+        for name in names[shift:] + names[:shift]:
+            setup, fn = cases[name]
             state = setup() if setup is not None else None
             gc.collect()
             if disable_gc:
@@ -149,8 +155,8 @@ def interleaved(cases: dict[str, tuple[Optional[Callable[[], object]], Callable[
         if noisy and quiet and (round_ - warmup) < max_rounds - (repeats - kept) + 1:
             discarded += 1
             continue
-        for name, elapsed in row.items():
-            times[name].append(elapsed)
+        for name in names:
+            times[name].append(row[name])
         kept += 1
     if discarded or waited > 5:
         print(f"  ({discarded} round(s) discarded and {waited:.0f} s spent waiting: other processes were "
