@@ -206,30 +206,3 @@ def test_unsupported_layers_are_refused_before_any_change():
     assert type(model[0]) is nn.Linear and all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     with pytest.raises(surgery.SurgeryError, match="DoRA"):
         surgery.get_peft_model(tm.tiny_embed_mlp(), surgery.LoraConfig(target_modules=["emb"], use_dora=True))
-
-
-# -- half precision ---------------------------------------------------------------------------------------
-@pytest.mark.filterwarnings("ignore")
-def test_bf16_model_with_bf16_adapters_equals_peft_without_autocast():
-    import peft
-
-    base = tm.tiny_llama().to(torch.bfloat16)
-    theirs = peft.get_peft_model(copy.deepcopy(base), peft.LoraConfig(target_modules=["q_proj", "v_proj"], r=4),
-                                 autocast_adapter_dtype=False)
-    perturb_adapters(theirs)
-    ours = surgery_model(base, target_modules=["q_proj", "v_proj"], r=4)
-    ours.load_state_dict(theirs.state_dict())
-    want = run(theirs.eval(), "llama")
-    got = run(ours.eval(), "llama")
-    assert got.dtype == want.dtype == torch.bfloat16
-    assert max_diff(got, want) == 0
-
-
-@pytest.mark.xfail(strict=True, reason="surgery ignores autocast_adapter_dtype: for a bf16/fp16 base, peft (default "
-                                       "autocast_adapter_dtype=True) keeps LoRA weights in float32, surgery creates "
-                                       "them in the base dtype")
-def test_bf16_model_gets_float32_adapters_as_in_peft():
-    model = surgery_model(tm.tiny_llama().to(torch.bfloat16), target_modules=["q_proj"], r=4)
-    layer = model.get_base_model().model.layers[0].self_attn.q_proj
-    assert layer.lora_A["default"].weight.dtype == torch.float32
-    assert run(model.eval(), "llama").dtype == torch.bfloat16

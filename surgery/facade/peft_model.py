@@ -20,6 +20,7 @@ from ..errors import AdapterNameError
 from ..naming import validate_adapter_name
 from ..plan.model import Plan, trainable_line
 from ..plan.planner import add_heads
+from ..rewrite.dtypes import upcast_adapter
 from ..rewrite.trainable import adapter_layers, mark_trainable
 from ..methods.lora.mixed import BASE_NAME
 from .persistence import PersistenceMixin
@@ -44,7 +45,8 @@ class PeftModel(PersistenceMixin, PromptLearningMixin, TrainingMixin, nn.Module)
         tuner = TunerModel if getattr(peft_config, "is_prompt_learning", False) else LoraModel
         self.base_model = tuner(model, self.peft_config)
         self.special_peft_forward_args = {"adapter_names"}
-        self._add(adapter_name, peft_config, activate=True, strict=kwargs.pop("_strict_targets", True))
+        self._add(adapter_name, peft_config, activate=True, strict=kwargs.pop("_strict_targets", True),
+                  autocast_adapter_dtype=autocast_adapter_dtype)
         self._prepare_for_gradient_checkpointing(model)
 
     # -- adapters --------------------------------------------------------------------------------------
@@ -53,7 +55,8 @@ class PeftModel(PersistenceMixin, PromptLearningMixin, TrainingMixin, nn.Module)
         add_heads(config, self.default_modules_to_save)  # the class's heads, even without a task_type
         return config
 
-    def _add(self, adapter_name: str, peft_config: PeftConfig, activate: bool, strict: bool = True) -> Plan:
+    def _add(self, adapter_name: str, peft_config: PeftConfig, activate: bool, strict: bool = True,
+             autocast_adapter_dtype: bool = True) -> Plan:
         validate_adapter_name(adapter_name)
         if adapter_name in self.peft_config:
             raise AdapterNameError(f"adapter {adapter_name!r} already exists; delete_adapter({adapter_name!r}) "
@@ -70,6 +73,8 @@ class PeftModel(PersistenceMixin, PromptLearningMixin, TrainingMixin, nn.Module)
         else:
             plan = apply_rules(self.get_base_model(), config, adapter_name, active=active, strict_targets=strict)
             resolved = type(config).from_dict(plan.config)
+            if autocast_adapter_dtype:
+                upcast_adapter(self.get_base_model(), adapter_name)
         self.plans[adapter_name] = plan
         self.peft_config[adapter_name] = resolved
         if activate:
@@ -79,7 +84,7 @@ class PeftModel(PersistenceMixin, PromptLearningMixin, TrainingMixin, nn.Module)
     def add_adapter(self, adapter_name: str, peft_config: PeftConfig, low_cpu_mem_usage: bool = False,
                     autocast_adapter_dtype: bool = True) -> None:
         """Add another adapter (not activated: call set_adapter)."""
-        self._add(adapter_name, peft_config, activate=False)
+        self._add(adapter_name, peft_config, activate=False, autocast_adapter_dtype=autocast_adapter_dtype)
 
     def set_adapter(self, adapter_name: str, inference_mode: bool = False) -> None:
         """Sets the active adapter. As in PEFT, it becomes trainable (the others frozen) unless inference_mode."""

@@ -75,7 +75,8 @@ class PersistenceMixin:
         config.inference_mode = not is_trainable
         target_cls = class_for_task(config.task_type) if cls.__name__ == "PeftModel" else cls
         tensors = read_tensors(directory)  # read and validated before the model changes
-        peft_model = target_cls(model, config, adapter_name, _strict_targets=False)
+        peft_model = target_cls(model, config, adapter_name, _strict_targets=False,
+                                autocast_adapter_dtype=autocast_adapter_dtype)
         try:
             set_peft_model_state_dict(peft_model, tensors, adapter_name)
         except Exception:
@@ -96,7 +97,7 @@ class PersistenceMixin:
         _check_trainable(config, is_trainable)
         config.inference_mode = not is_trainable
         tensors = read_tensors(directory)  # read and validated before the model changes
-        self._add(adapter_name, config, activate=False, strict=False)
+        self._add(adapter_name, config, activate=False, strict=False, autocast_adapter_dtype=autocast_adapter_dtype)
         try:
             set_peft_model_state_dict(self, tensors, adapter_name)
         except Exception:

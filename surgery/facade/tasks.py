@@ -69,4 +69,5 @@ def get_peft_model(model, peft_config: PeftConfig, adapter_name: str = "default"
     if revision is not None:
         peft_config = peft_config.copy()
         peft_config.revision = revision
-    return class_for_task(peft_config.task_type)(model, peft_config, adapter_name)
+    return class_for_task(peft_config.task_type)(model, peft_config, adapter_name,
+                                                 autocast_adapter_dtype=autocast_adapter_dtype)

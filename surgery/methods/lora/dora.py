@@ -77,12 +77,14 @@ class DoraMagnitude(nn.Module):
     @torch.no_grad()
     def merged_weight(self, layer, weight: torch.Tensor, name: str, sign: int) -> torch.Tensor:
         """Fold DoRA into `weight` (sign=+1) or take it out again (sign=-1) using the norm from merge time."""
-        delta = layer.delta_weight(name).to(weight.dtype)
+        # Computed in the promoted dtype of weight and factors, rounded to the weight's dtype once (PEFT's
+        # arithmetic: float32 factors on a bf16 weight merge at float32).
+        delta = layer.delta_weight(name)
         if sign > 0:
-            self._merge_norm = self.row_norm(layer, name, weight)
-        factor = (self.weight / self._merge_norm).to(weight.dtype)
+            self._merge_norm = self.row_norm(layer, name, weight).to(torch.promote_types(weight.dtype, delta.dtype))
+        factor = self.weight / self._merge_norm
         factor = factor.view(1, -1) if layer.fan_in_fan_out else factor.view(-1, 1)
         if sign > 0:
-            return factor * (weight + delta)
+            return (factor * (weight + delta)).to(weight.dtype)
         self._merge_norm = None
-        return weight / factor - delta
+        return (weight / factor - delta).to(weight.dtype)

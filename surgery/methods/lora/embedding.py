@@ -14,6 +14,8 @@ from .layer import LoraLayer
 
 
 class Embedding(LoraLayer):
+    merge_rounds_delta_first = True
+
     def _new_factors(self, adapter_name: str, r: int, config) -> None:
         base = self.get_base_layer()
         weight = base.weight

@@ -42,6 +42,7 @@ class LoraLayer(AdapterLayer):
     adapter_layer_names = ("lora_A", "lora_B", "lora_embedding_A", "lora_embedding_B", "lora_magnitude_vector")
     other_param_names = ("r", "lora_alpha", "scaling", "lora_dropout")
     supports_dora = False
+    merge_rounds_delta_first = False   # PEFT's Embedding always rounds the delta to the weight dtype first
     lora_embedding_A = lazy_container("lora_embedding_A", nn.ParameterDict)
     lora_embedding_B = lazy_container("lora_embedding_B", nn.ParameterDict)
     lora_magnitude_vector = lazy_container("lora_magnitude_vector", nn.ModuleDict)
@@ -113,12 +114,13 @@ class LoraLayer(AdapterLayer):
         result = self.base_layer(x, *args, **kwargs)
         if self.merged:
             return result
+        result_dtype = result.dtype   # float32 adapters on a half-precision base compute in float32, as PEFT
         if batch_adapters is not None:
-            return mixed_adapter_output(self, x, result, batch_adapters)
+            return mixed_adapter_output(self, x, result, batch_adapters).to(result_dtype)
         for name in self._active_adapters:
             if name in self.r:
                 result = self._adapter_output(x, name, result)
-        return result
+        return result.to(result_dtype)
 
     def _adapter_output(self, x: torch.Tensor, name: str, result: torch.Tensor) -> torch.Tensor:
         lora_A = self.lora_A[name]
@@ -133,12 +135,17 @@ class LoraLayer(AdapterLayer):
         delta = (self.lora_B[name].weight @ self.lora_A[name].weight) * self.scaling[name]
         return delta.T if self.fan_in_fan_out else delta
 
-    def _merged_weight(self, weight: torch.Tensor, name: str, sign: int) -> torch.Tensor:
-        """W with adapter `name` folded in (sign=+1) or taken out (sign=-1); may work in place."""
+    def _merged_weight(self, weight: torch.Tensor, name: str, sign: int, safe: bool = False) -> torch.Tensor:
+        """W with adapter `name` folded in (sign=+1) or taken out (sign=-1); may work in place.
+
+        float32 factors on a half-precision weight: a plain merge adds the float32 delta and rounds once; a safe
+        merge and an unmerge round the delta to the weight's dtype first. That is PEFT's arithmetic, so merged
+        weights are bit-identical to PEFT's."""
         if self.use_dora[name]:
             return self.lora_magnitude_vector[name].merged_weight(self, weight, name, sign)
-        delta = self.delta_weight(name).to(weight.dtype)
-        return weight.add_(delta, alpha=sign)
+        delta = self.delta_weight(name)
+        first_round = safe or sign < 0 or self.merge_rounds_delta_first
+        return weight.add_(delta.to(weight.dtype) if first_round else delta, alpha=sign)
 
     def merge(self, safe_merge: bool = False, adapter_names: Optional[list[str]] = None) -> None:
         names = [n for n in (adapter_names or self._active_adapters) if n in self.r and n not in self.merged_adapters]
@@ -146,7 +153,7 @@ class LoraLayer(AdapterLayer):
         for name in names:
             with torch.no_grad():
                 if safe_merge:
-                    merged = self._merged_weight(base.weight.data.clone(), name, +1)
+                    merged = self._merged_weight(base.weight.data.clone(), name, +1, safe=True)
                     if not torch.isfinite(merged).all():
                         raise MergeError(f"merging adapter {name!r} into {self._layer_name()} would produce "
                                          f"NaN/inf weights; the layer was left unmerged")

@@ -21,12 +21,12 @@ class Linear(LoraLayer):
                 return out
         return super().forward(x, *args, **kwargs)
 
-    def _merged_weight(self, weight: torch.Tensor, name: str, sign: int) -> torch.Tensor:
-        if self.use_dora[name]:
-            return super()._merged_weight(weight, name, sign)
+    def _merged_weight(self, weight: torch.Tensor, name: str, sign: int, safe: bool = False) -> torch.Tensor:
+        A = self.lora_A[name].weight
+        B = self.lora_B[name].weight
+        if self.use_dora[name] or A.dtype != weight.dtype:
+            return super()._merged_weight(weight, name, sign, safe)
         # addmm_ folds s * B @ A in without allocating the out x in delta.
-        A = self.lora_A[name].weight.to(weight.dtype)
-        B = self.lora_B[name].weight.to(weight.dtype)
         alpha = sign * self.scaling[name]
         if self.fan_in_fan_out:
             return weight.addmm_(A.T, B.T, alpha=alpha)
