@@ -143,9 +143,12 @@ class LoraLayer(AdapterLayer):
         weights are bit-identical to PEFT's."""
         if self.use_dora[name]:
             return self.lora_magnitude_vector[name].merged_weight(self, weight, name, sign)
+        return self.add_delta_(weight, name, sign, round_first=safe or sign < 0 or self.merge_rounds_delta_first)
+
+    def add_delta_(self, weight: torch.Tensor, name: str, sign: int, round_first: bool = False) -> torch.Tensor:
+        """weight += sign * s B A, in place (round_first: round the delta to the weight's dtype before adding)."""
         delta = self.delta_weight(name)
-        first_round = safe or sign < 0 or self.merge_rounds_delta_first
-        return weight.add_(delta.to(weight.dtype) if first_round else delta, alpha=sign)
+        return weight.add_(delta.to(weight.dtype) if round_first else delta, alpha=sign)
 
     def merge(self, safe_merge: bool = False, adapter_names: Optional[list[str]] = None) -> None:
         names = [n for n in (adapter_names or self._active_adapters) if n in self.r and n not in self.merged_adapters]

@@ -21,11 +21,11 @@ class Linear(LoraLayer):
                 return out
         return super().forward(x, *args, **kwargs)
 
-    def _merged_weight(self, weight: torch.Tensor, name: str, sign: int, safe: bool = False) -> torch.Tensor:
+    def add_delta_(self, weight: torch.Tensor, name: str, sign: int, round_first: bool = False) -> torch.Tensor:
         A = self.lora_A[name].weight
         B = self.lora_B[name].weight
-        if self.use_dora[name] or A.dtype != weight.dtype:
-            return super()._merged_weight(weight, name, sign, safe)
+        if not (A.dtype == B.dtype == weight.dtype):
+            return super().add_delta_(weight, name, sign, round_first)
         # addmm_ folds s * B @ A in without allocating the out x in delta.
         alpha = sign * self.scaling[name]
         if self.fan_in_fan_out:
