@@ -45,9 +45,8 @@ SIGNATURES = [
 ]
 
 
-# Documented differences in defaults: surgery never adds the base embedding weights to an adapter file (peft's
-# "auto" does when embed_tokens/lm_head are targeted); it loads such files, though.
-KNOWN_DEFAULT_DIFFERENCES = {"save_embedding_layers"}
+# Documented differences in defaults (none today).
+KNOWN_DEFAULT_DIFFERENCES: set[str] = set()
 
 
 @pytest.mark.parametrize("theirs, ours", SIGNATURES, ids=[t.__qualname__ for t, _ in SIGNATURES])

@@ -11,6 +11,7 @@ from ..progress import bar
 from ..methods.registry import get_method
 from ..rewrite.modules_to_save import ModulesToSaveWrapper
 from ..rewrite.trainable import adapter_layers
+from . import embeddings
 from .keys import SAVED_COPY, to_checkpoint_key
 
 PROGRESS_MIN_TENSORS = 256  # a progress bar for loads this large (e.g. all-linear on a 70B: 1,120 tensors)
@@ -49,14 +50,19 @@ def _other_adapter_key(key: str, adapter_name: str) -> bool:
 
 
 def get_peft_model_state_dict(model, state_dict: Optional[dict] = None, adapter_name: str = "default",
-                              unwrap_compiled: bool = False, save_embedding_layers=False) -> dict:
-    """PEFT's function: the adapter's tensors under checkpoint keys (adapter name removed)."""
+                              unwrap_compiled: bool = False, save_embedding_layers="auto") -> dict:
+    """PEFT's function: the adapter's tensors under checkpoint keys (adapter name removed); with the embedding
+    layers' full weights when save_embedding_layers says so (see embeddings.py for "auto")."""
     model = getattr(model, "_orig_mod", model) if unwrap_compiled else model
     config = model.peft_config[adapter_name]
     entries = _method_entries(model, adapter_name)
     if entries is not None:
         return {key: saved for key, (saved, _) in entries.items()}
     selected = adapter_model_keys(model, adapter_name, getattr(config, "bias", "none"))
+    save, targeted = embeddings.resolve(model, config, save_embedding_layers)
+    if save:
+        for key, tensor in embeddings.embedding_tensors(model, targeted).items():
+            selected.setdefault(key, tensor)
     if state_dict is not None:
         selected = {k: state_dict[k] for k in selected if k in state_dict}
     return {to_checkpoint_key(k, adapter_name): v for k, v in selected.items()}
@@ -79,7 +85,9 @@ def set_peft_model_state_dict(model, peft_model_state_dict: dict, adapter_name: 
         by_ckpt = {to_checkpoint_key(k, adapter_name): k for k in targets}
     peft_model_state_dict = {k: v for k, v in peft_model_state_dict.items()
                              if k in by_ckpt or not _peft_duplicate(k, peft_model_state_dict)}
-    for key, weight in _base_layer_weights(model, peft_model_state_dict, by_ckpt).items():
+    extra = _base_layer_weights(model, peft_model_state_dict, by_ckpt)
+    extra.update(embeddings.loadable_embedding_keys(model, peft_model_state_dict, by_ckpt))
+    for key, weight in extra.items():
         targets[key], by_ckpt[key] = weight, key
     missing = [k for k in by_ckpt if k not in peft_model_state_dict and not k.endswith(".bias")]
     unexpected = [k for k in peft_model_state_dict if k not in by_ckpt]

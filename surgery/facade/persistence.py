@@ -19,7 +19,7 @@ _HUB_KEYS = ("revision", "token", "cache_dir", "subfolder", "force_download", "l
 
 class PersistenceMixin:
     def save_pretrained(self, save_directory: str, safe_serialization: bool = True,
-                        selected_adapters: Optional[list[str]] = None, save_embedding_layers=False,
+                        selected_adapters: Optional[list[str]] = None, save_embedding_layers="auto",
                         is_main_process: bool = True, **kwargs) -> None:
         """Write each adapter in PEFT's format (non-default adapters in subfolders); atomic per file.
 
@@ -36,7 +36,8 @@ class PersistenceMixin:
                                        f"adapters: {list(self.peft_config)}")
         # Every process collects (sharded FSDP2 parameters are gathered: a collective); only the main one writes.
         state_dict = kwargs.get("state_dict")
-        collected = {name: full_tensors(get_peft_model_state_dict(self, state_dict=state_dict, adapter_name=name))
+        collected = {name: full_tensors(get_peft_model_state_dict(self, state_dict=state_dict, adapter_name=name,
+                                                                  save_embedding_layers=save_embedding_layers))
                      for name in names}
         if not is_main_process:
             return
