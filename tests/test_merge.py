@@ -162,12 +162,8 @@ def test_safe_merge_refuses_non_finite_weights_naming_the_layer(name, kwargs, la
         model.merge_adapter(safe_merge=True)
     assert layer in str(info.value)
     after = base_weights(model)
-    for k in before:
-        # the failing layer is never written; layers merged before it are rolled back (unmerge: fp32 atol 1e-6)
-        if k.startswith(layer + "."):
-            assert torch.equal(after[k], before[k]), k
-        else:
-            assert max_diff(after[k], before[k]) <= 1e-6, k
+    for k in before:   # every layer is checked on copies before the first is written: nothing changed at all
+        assert torch.equal(after[k], before[k]), k
     assert not any(lay.merged for _, lay in adapter_layers(model.get_base_model()))
     with pytest.raises(MergeError):
         model.merge_and_unload(safe_merge=True)

@@ -11,9 +11,15 @@ from .trainable import adapter_layers
 
 def merge_adapters(model: nn.Module, adapter_names: Optional[list[str]] = None, safe_merge: bool = False,
                    progress: bool = False) -> None:
-    """Fold adapters into the base weights; if any layer fails, the layers merged so far are unmerged."""
+    """Fold adapters into the base weights. A safe merge checks every layer on copies first, so a NaN/inf
+    refusal leaves the model bit-identical; if a layer fails anyway, the layers merged so far are unmerged
+    (within float rounding)."""
     done = []
     layers = [layer for _, layer in adapter_layers(model) if not isinstance(layer, ModulesToSaveWrapper)]
+    if safe_merge:
+        for layer in _progress(layers, progress, "checking the merge"):
+            if hasattr(layer, "check_merge"):
+                layer.check_merge(adapter_names)
     try:
         for layer in _progress(layers, progress, "merging"):
             before = len(layer.merged_adapters)

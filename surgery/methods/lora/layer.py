@@ -150,8 +150,30 @@ class LoraLayer(AdapterLayer):
         delta = self.delta_weight(name)
         return weight.add_(delta.to(weight.dtype) if round_first else delta, alpha=sign)
 
+    def _to_merge(self, adapter_names: Optional[list[str]]) -> list[str]:
+        return [n for n in (adapter_names or self._active_adapters) if n in self.r and n not in self.merged_adapters]
+
+    @torch.no_grad()
+    def check_merge(self, adapter_names: Optional[list[str]] = None) -> None:
+        """Raise MergeError if a safe merge of these adapters would produce NaN/inf; changes nothing (works on
+        copies), so a model-wide safe merge can refuse before its first layer is written."""
+        base = self.get_base_layer()
+        weight = base.weight.data.clone()
+        bias = base.bias.data.clone() if getattr(base, "bias", None) is not None else None
+        for name in self._to_merge(adapter_names):
+            weight = self._merged_weight(weight, name, +1, safe=True)
+            lora_B = self.lora_B[name] if name in self.lora_B else None
+            if bias is not None and getattr(lora_B, "bias", None) is not None:
+                bias = bias + lora_B.bias * self.scaling[name]
+            if not torch.isfinite(weight).all() or (bias is not None and not torch.isfinite(bias).all()):
+                raise MergeError(f"merging adapter {name!r} into {self._layer_name()} would produce NaN/inf "
+                                 f"weights; the layer was left unmerged")
+        for name in self._to_merge(adapter_names):   # DoRA kept the norm of the copy: drop it
+            if self.use_dora[name]:
+                self.lora_magnitude_vector[name]._merge_norm = None
+
     def merge(self, safe_merge: bool = False, adapter_names: Optional[list[str]] = None) -> None:
-        names = [n for n in (adapter_names or self._active_adapters) if n in self.r and n not in self.merged_adapters]
+        names = self._to_merge(adapter_names)
         base = self.get_base_layer()
         for name in names:
             with torch.no_grad():
