@@ -114,3 +114,31 @@ def test_merge_command_writes_a_full_model_equal_to_the_adapted_one(tmp_path, ca
     assert not any("lora" in k for k in merged.state_dict())
     with torch.no_grad():
         torch.testing.assert_close(merged(x).logits, expected, atol=1e-5, rtol=0)
+
+
+def test_summary_folds_each_projection_into_one_row_with_layer_ranges(capsys):
+    code, out, _ = run(capsys, "plan", "llama-3-70b", "--config", "lora-all-linear", "--summary")
+    assert code == 0
+    rows = [line.split() for line in out.splitlines() if line.startswith("model.layers.*")]
+    assert len(rows) == 7 and all(r[1] == "80" and r[2] == "0-79" for r in rows)
+    total = sum(int(r[-1].replace(",", "")) for r in rows)
+    assert f"trainable params: {total:,d} ||" in out
+
+
+def test_summary_splits_rows_that_differ_and_compresses_ranges():
+    import surgery
+    from surgery.plan.table import _ranges
+
+    assert _ranges([0, 1, 2, 5, 7, 8]) == "0-2,5,7-8" and _ranges([3]) == "3" and _ranges([]) == ""
+    with torch.device("meta"):
+        model = LlamaForCausalLM(tiny_models.llama_config(num_hidden_layers=4))
+    cfg = surgery.LoraConfig(target_modules=["q_proj"], r=8, layers_to_transform=[0, 2, 3],
+                             rank_pattern={"model.layers.3.self_attn.q_proj": 4})
+    table = surgery.plan(model, cfg).table(summary=True)
+    rows = [line.split() for line in table.splitlines() if line.startswith("model.layers.*")]
+    assert [(r[1], r[2], r[6]) for r in rows] == [("2", "0,2", "8"), ("1", "3", "4")]
+
+
+def test_summary_with_json_is_a_usage_error(capsys):
+    code, _, err = run(capsys, "plan", "llama-2-7b", "--summary", "--format", "json")
+    assert code == 2 and "summary" in err and "Traceback" not in err

@@ -16,7 +16,7 @@ def run_plan(args) -> int:
     config = load_config(args.config)
     task = args.task or (config.task_type.value if config.task_type else None)
     model = load_model_for_planning(args.model, task=task, revision=args.revision)
-    print(plan(model, config, args.adapter_name).table(args.format))
+    print(plan(model, config, args.adapter_name).table(args.format, summary=args.summary))
     return 0
 
 

@@ -36,6 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--task", default=None, help="task type deciding the model class (default: the config's)")
     p.add_argument("--revision", default=None, help="Hub revision of the model config")
     p.add_argument("--adapter-name", default="default")
+    p.add_argument("--summary", action="store_true",
+                   help="one row per projection (the same module in every layer), with a count and layer ranges")
 
     i = sub.add_parser("inspect", help="audit table of an adapter directory on disk")
     i.add_argument("adapter_dir")

@@ -103,10 +103,11 @@ class Plan:
     def from_json(cls, text: str) -> "Plan":
         return cls.from_dict(json.loads(text))
 
-    def table(self, fmt: str = "table") -> str:
+    def table(self, fmt: str = "table", summary: bool = False) -> str:
+        """The audit table (fmt: table, markdown or json); summary folds repeated per-layer rows into one."""
         from .table import render
 
-        return render(self, fmt)
+        return render(self, fmt, summary)
 
     def __str__(self) -> str:
         return self.table()

@@ -1,17 +1,26 @@
-"""Audit tables of a Plan (tabulate): one row per rewritten module, then the totals."""
+"""Audit tables of a Plan (tabulate): one row per rewritten module, then the totals.
+
+The summary view folds the modules that differ only in their numbered path segments (the same projection
+in every layer) into one row with a count and the layer ranges: 560 rows on a 70B all-linear plan become 7.
+"""
 from __future__ import annotations
+
+import re
 
 from tabulate import tabulate
 
 FORMATS = {"table": "simple", "markdown": "github"}
 
 
-def render(plan, fmt: str = "table") -> str:
+def render(plan, fmt: str = "table", summary: bool = False) -> str:
+    from ..errors import ConfigError
+
     if fmt == "json":
+        if summary:
+            raise ConfigError("summary = True applies to the table and markdown formats; json always lists "
+                              "every module")
         return plan.to_json()
     if fmt not in FORMATS:
-        from ..errors import ConfigError
-
         raise ConfigError(f"format = {fmt!r} is not valid; valid: table, markdown, json")
     rows = [(r.path, r.base_type, "x".join(map(str, r.base_shape)), _method(r), r.rank, _num(r.alpha),
              _num(r.scaling), f"{r.added_params:,d}") for r in plan.rewrites]
@@ -20,6 +29,8 @@ def render(plan, fmt: str = "table") -> str:
     rows += [(i.path, "injected", "x".join(map(str, i.shape)), i.kind, "", "", "", f"{i.params:,d}")
              for i in plan.injections]
     headers = ("module", "type", "shape", "method", "r", "alpha", "scaling", "added params")
+    if summary:
+        rows, headers = _grouped(rows), ("modules", "count", "layers") + headers[1:-1] + ("added each", "added")
     lines = [f"plan for adapter {plan.adapter_name!r}: {plan.peft_type}"
              + (f" ({plan.task_type})" if plan.task_type else "") + f", {len(plan.rewrites)} modules",
              f"rule: {plan.rules}" if plan.rules else "",
@@ -37,3 +48,30 @@ def _method(rewrite) -> str:
 
 def _num(value) -> str:
     return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def _grouped(rows) -> list[tuple]:
+    """Rows equal but for the numbers in their paths, folded into one: (pattern, count, ranges, ..., total)."""
+    groups: dict[tuple, list[list[int]]] = {}
+    for path, *rest in rows:
+        numbers = [int(n) for n in re.findall(r"(?<=\.)\d+(?=\.|$)", path)]
+        pattern = re.sub(r"(?<=\.)\d+(?=\.|$)", "*", path)
+        groups.setdefault((pattern, *rest), []).append(numbers)
+    out = []
+    for (pattern, *rest), members in groups.items():
+        each = int(rest[-1].replace(",", ""))
+        firsts = sorted({numbers[0] for numbers in members if numbers})
+        out.append((pattern, len(members), _ranges(firsts), *rest[:-1], rest[-1], f"{each * len(members):,d}"))
+    return out
+
+
+def _ranges(values: list[int]) -> str:
+    """[0, 1, 2, 5, 7, 8] -> '0-2,5,7-8'."""
+    parts, start = [], None
+    for i, v in enumerate(values):
+        if start is None:
+            start = v
+        if i + 1 == len(values) or values[i + 1] != v + 1:
+            parts.append(str(start) if start == v else f"{start}-{v}")
+            start = None
+    return ",".join(parts)
