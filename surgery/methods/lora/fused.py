@@ -51,6 +51,7 @@ class Factors(NamedTuple):
     scaling: float
     dropout: nn.Module
     use_dora: bool
+    mixed: bool                     # float32 factors on a half-precision base (autocast_adapter_dtype)
 
 
 def fusable(layer, x: torch.Tensor) -> Optional[Factors]:
@@ -77,11 +78,15 @@ def fusable(layer, x: torch.Tensor) -> Optional[Factors]:
         return None
     A, B = modules["lora_A"]._modules[name]._parameters, modules["lora_B"]._modules[name]._parameters
     base_weight, A, B_bias, B = base._parameters["weight"], A["weight"], B.get("bias"), B["weight"]
-    if B_bias is not None or not (x.dtype == base_weight.dtype == A.dtype == B.dtype):
+    if B_bias is not None or A.dtype != B.dtype or x.dtype != base_weight.dtype:
+        return None
+    mixed = A.dtype != x.dtype
+    if mixed and not (A.dtype == torch.float32 and x.dtype in (torch.bfloat16, torch.float16)
+                      and dropout is _NO_DROPOUT and not use_dora):
         return None
     weight = base_weight.T if state["fan_in_fan_out"] else base_weight
     return Factors(name, weight, base._parameters.get("bias"), A, B, float(state["scaling"][name]), dropout,
-                   use_dora)
+                   use_dora, mixed)
 
 
 def fused_forward(layer, x: torch.Tensor) -> Optional[torch.Tensor]:
@@ -90,7 +95,9 @@ def fused_forward(layer, x: torch.Tensor) -> Optional[torch.Tensor]:
     if f is None:
         return None
     x2d = x.reshape(-1, x.shape[-1])
-    if f.use_dora:
+    if f.mixed:
+        out = _LoraLinearMixed.apply(x2d, f.weight, f.bias, f.A, f.B, f.scaling)
+    elif f.use_dora:
         magnitude = layer._modules["lora_magnitude_vector"]._modules[f.name]
         m = magnitude._parameters["weight"]
         if m.dtype != x.dtype:
@@ -160,3 +167,35 @@ class _DoraLinear(torch.autograd.Function):
         gy = g * scale
         dx, _, dW, dA, dB = _lora_backward(ctx, gy, x, None, h, weight, A, B, ctx.s)
         return dx, dW, dbias, dA, dB, dm, None, None
+
+
+class _LoraLinearMixed(torch.autograd.Function):
+    """A half-precision base (x, W, b in bf16/fp16) with float32 factors, computed as PEFT does it (the base
+    GEMM in the half dtype, the adapter at float32, the sum rounded to the half dtype once; backward: the
+    adapter's x-gradient rounded to the half dtype, then added to the base's), without autograd's separate
+    passes for the scale, the promotion and the casts of the sum."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, A, B, s):
+        y = torch.mm(x, weight.t()) if bias is None else torch.addmm(bias, x, weight.t())
+        xf = x.float()
+        h = torch.mm(xf, A.t())
+        out = y.float().addmm_(h, B.t(), alpha=s).to(x.dtype)
+        ctx.save_for_backward(xf, h, weight, A, B)
+        ctx.s = s
+        return out
+
+    @staticmethod
+    def backward(ctx, g):
+        xf, h, weight, A, B = ctx.saved_tensors
+        s = ctx.s
+        need_x, need_w, need_bias, need_a, need_b = ctx.needs_input_grad[:5]
+        g = g.contiguous()
+        gf = g.float()
+        gh = torch.mm(gf, B).mul_(s) if (need_x or need_a) else None
+        dB = torch.mm(gf.t(), h).mul_(s) if need_b else None
+        dA = torch.mm(gh.t(), xf) if need_a else None
+        dW = torch.mm(g.t(), xf.to(g.dtype)) if need_w else None
+        dx = torch.mm(g, weight).add_(torch.mm(gh, A).to(g.dtype)) if need_x else None
+        dbias = g.sum(0) if need_bias else None
+        return dx, dW, dbias, dA, dB, None
