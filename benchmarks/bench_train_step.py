@@ -60,13 +60,16 @@ def main():
         p.add_argument("--batch", type=int, default=4)
         p.add_argument("--seq", type=int, default=128)
         p.add_argument("--rank", type=int, default=16)
+        p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
+                       help="base model dtype; with bfloat16 both libraries keep float32 adapters "
+                            "(autocast_adapter_dtype, their default); the targets are for float32")
     args = C.parse_args(__doc__.splitlines()[0], default_repeats=15, quick_repeats=4, default_warmup=2,
                         extra=extra)
     C.header("bench_train_step: forward + backward + AdamW step", args)
-    base = small_llama()
+    base = small_llama().to(getattr(torch, args.dtype))
     torch.manual_seed(123)
     batch = torch.randint(0, base.config.vocab_size, (args.batch, args.seq))
-    print(f"model: Llama {n_params(base) / 1e6:.1f}M params, hidden 512, inter 1376, 4 layers; "
+    print(f"model: Llama {n_params(base) / 1e6:.1f}M params ({args.dtype}), hidden 512, inter 1376, 4 layers; "
           f"batch {args.batch}x{args.seq}; all-linear r={args.rank}")
 
     bound_model, bound_step = make_bound(base)
@@ -104,8 +107,9 @@ def main():
             k = f"{lib} {method}"
             rel = med[k] / bound
             paired = C.paired_ratio(times, k, "bound")
-            met = C.verdict(paired, target) if lib == "surgery" else "(reference)"
-            if lib == "surgery":
+            judged = lib == "surgery" and args.dtype == "float32"   # the targets are float32 figures
+            met = C.verdict(paired, target) if judged else "(reference)" if lib == "PEFT" else "(float32 target)"
+            if judged:
                 all_met &= paired <= target
             vs = C.paired_ratio(times, k, f"PEFT {method}") if lib == "surgery" else None
             rows.append([k, C.fmt_ms(med[k]), C.spread(times[k]), f"{rel:.3f}x", f"{paired:.3f}x",
