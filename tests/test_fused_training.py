@@ -171,14 +171,15 @@ def test_fused_path_refuses_in_place_change_of_a_saved_weight():
         out.backward()
 
 
+@pytest.mark.parametrize("dropout", [0.0, 0.2], ids=["no_dropout", "dropout"])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
-def test_mixed_dtype_fused_path_matches_peft_outputs_and_is_as_accurate(dtype):
+def test_mixed_dtype_fused_path_matches_peft_outputs_and_is_as_accurate(dtype, dropout):
     """float32 adapters on a half base (autocast_adapter_dtype): the forward is bit-identical to PEFT's; the
     gradients differ from PEFT's by half-precision rounding of dx (the scale is applied at another point of the
     float32 math), so both are compared with a float64 run of the same weights: ours must be no further from
     it than PEFT's (x1.25)."""
     base = tm.tiny_llama().to(dtype)
-    kwargs = dict(target_modules="all-linear", r=4, lora_alpha=8)
+    kwargs = dict(target_modules="all-linear", r=4, lora_alpha=8, lora_dropout=dropout)
     theirs = peft_model(base, **kwargs)
     perturb_adapters(theirs, biases=False)
     ours = surgery.get_peft_model(copy.deepcopy(base), surgery.LoraConfig(**kwargs))

@@ -81,8 +81,7 @@ def fusable(layer, x: torch.Tensor) -> Optional[Factors]:
     if B_bias is not None or A.dtype != B.dtype or x.dtype != base_weight.dtype:
         return None
     mixed = A.dtype != x.dtype
-    if mixed and not (A.dtype == torch.float32 and x.dtype in (torch.bfloat16, torch.float16)
-                      and dropout is _NO_DROPOUT and not use_dora):
+    if mixed and not (A.dtype == torch.float32 and x.dtype in (torch.bfloat16, torch.float16) and not use_dora):
         return None
     weight = base_weight.T if state["fan_in_fan_out"] else base_weight
     return Factors(name, weight, base._parameters.get("bias"), A, B, float(state["scaling"][name]), dropout,
@@ -95,8 +94,9 @@ def fused_forward(layer, x: torch.Tensor) -> Optional[torch.Tensor]:
     if f is None:
         return None
     x2d = x.reshape(-1, x.shape[-1])
-    if f.mixed:
-        out = _LoraLinearMixed.apply(x2d, f.weight, f.bias, f.A, f.B, f.scaling)
+    if f.mixed:   # PEFT drops out the float32 copy of x: autograd carries dx_d back through both
+        x_d = None if f.dropout is _NO_DROPOUT else f.dropout(x2d.float())
+        out = _LoraLinearMixed.apply(x2d, f.weight, f.bias, f.A, f.B, f.scaling, x_d)
     elif f.use_dora:
         magnitude = layer._modules["lora_magnitude_vector"]._modules[f.name]
         m = magnitude._parameters["weight"]
@@ -176,26 +176,30 @@ class _LoraLinearMixed(torch.autograd.Function):
     passes for the scale, the promotion and the casts of the sum."""
 
     @staticmethod
-    def forward(ctx, x, weight, bias, A, B, s):
+    def forward(ctx, x, weight, bias, A, B, s, x_d):
         y = torch.mm(x, weight.t()) if bias is None else torch.addmm(bias, x, weight.t())
-        xf = x.float()
+        xf = x.float() if x_d is None else x_d     # x_d: dropout of x's float32 copy, made outside
         h = torch.mm(xf, A.t())
         out = y.float().addmm_(h, B.t(), alpha=s).to(x.dtype)
-        ctx.save_for_backward(xf, h, weight, A, B)
-        ctx.s = s
+        ctx.save_for_backward(x if ctx.needs_input_grad[1] else None, xf, h, weight, A, B)
+        ctx.s, ctx.dropped = s, x_d is not None
         return out
 
     @staticmethod
     def backward(ctx, g):
-        xf, h, weight, A, B = ctx.saved_tensors
+        x, xf, h, weight, A, B = ctx.saved_tensors
         s = ctx.s
         need_x, need_w, need_bias, need_a, need_b = ctx.needs_input_grad[:5]
+        need_xd = ctx.dropped and ctx.needs_input_grad[6]
         g = g.contiguous()
         gf = g.float()
-        gh = torch.mm(gf, B).mul_(s) if (need_x or need_a) else None
+        gh = torch.mm(gf, B).mul_(s) if (need_x or need_a or need_xd) else None
         dB = torch.mm(gf.t(), h).mul_(s) if need_b else None
         dA = torch.mm(gh.t(), xf) if need_a else None
-        dW = torch.mm(g.t(), xf.to(g.dtype)) if need_w else None
-        dx = torch.mm(g, weight).add_(torch.mm(gh, A).to(g.dtype)) if need_x else None
+        dW = torch.mm(g.t(), x) if need_w else None
+        dx = torch.mm(g, weight) if need_x else None
+        dx_d = torch.mm(gh, A) if need_xd else None
+        if need_x and not ctx.dropped:
+            dx = dx.add_(torch.mm(gh, A).to(g.dtype))
         dbias = g.sum(0) if need_bias else None
-        return dx, dW, dbias, dA, dB, None
+        return dx, dW, dbias, dA, dB, None, dx_d
