@@ -8,7 +8,7 @@ from torch import nn
 
 import surgery
 import tiny_models as tm
-from helpers import MODELS, adapter_layers, max_diff, perturb_adapters, run, surgery_model
+from helpers import MODELS, adapter_layers, max_diff, peft_model, perturb_adapters, run, surgery_model
 from surgery.errors import MergeError
 
 CONVS = ["conv2d", "conv2d_strided", "conv1d", "conv3d"]
@@ -266,3 +266,27 @@ def test_plain_modules_wrapped_directly():
         want = model(x)
         merged = model.merge_and_unload()
         assert type(merged[0]) is nn.Linear and max_diff(merged(x), want) <= 1e-5
+
+
+@pytest.mark.filterwarnings("ignore")
+@pytest.mark.parametrize("second_dora", [True, False], ids=["dora+dora", "dora+lora"])
+def test_merging_several_adapters_with_dora_equals_peft(second_dora):
+    """DoRA's norm comes from the unmerged weight even when another adapter is merged first (as PEFT);
+    merged weights agree with PEFT's to float32 rounding (1e-6), and unmerging restores the base (1e-6)."""
+    import peft
+
+    base = tm.tiny_llama()
+    theirs = peft_model(base, target_modules=["q_proj", "v_proj"], r=4, use_dora=True)
+    theirs.add_adapter("b", peft.LoraConfig(target_modules=["q_proj", "v_proj"], r=2, use_dora=second_dora))
+    perturb_adapters(theirs)
+    ours = surgery_model(base, target_modules=["q_proj", "v_proj"], r=4, use_dora=True)
+    ours.add_adapter("b", surgery.LoraConfig(target_modules=["q_proj", "v_proj"], r=2, use_dora=second_dora))
+    ours.load_state_dict(theirs.state_dict())
+    for model in (ours, theirs):
+        model.base_model.merge_adapter(adapter_names=["default", "b"])
+    mine, peft_weights = base_weights(ours), base_weights(theirs)
+    assert all(max_diff(mine[k], peft_weights[k]) <= 1e-6 for k in mine)
+    ours.base_model.unmerge_adapter()
+    original = base.state_dict()
+    for key, weight in base_weights(ours).items():
+        assert max_diff(weight, original[key.replace(".base_layer", "")]) <= 1e-6

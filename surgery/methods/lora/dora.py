@@ -79,8 +79,9 @@ class DoraMagnitude(nn.Module):
     def merged_weight(self, layer, weight: torch.Tensor, name: str, sign: int) -> torch.Tensor:
         """Fold DoRA into `weight` (sign=+1) or take it out again (sign=-1) using the norm from merge time."""
         A = layer.lora_A[name].weight
-        if sign > 0:   # the norm of the unmerged weight, kept for the unmerge
-            self._merge_norm = self.row_norm(layer, name, weight).to(torch.promote_types(weight.dtype, A.dtype))
+        if sign > 0:   # the norm of the unmerged weight (other merged adapters taken out), kept for the unmerge
+            unmerged = layer.unmerged_copy(weight) if layer.merged_adapters else weight
+            self._merge_norm = self.row_norm(layer, name, unmerged).to(torch.promote_types(weight.dtype, A.dtype))
         factor = self.weight / self._merge_norm
         factor = factor.view(1, -1) if layer.fan_in_fan_out else factor.view(-1, 1)
         if weight.dtype == A.dtype == factor.dtype:
@@ -95,3 +96,10 @@ class DoraMagnitude(nn.Module):
             return (factor * (weight + delta)).to(weight.dtype)
         self._merge_norm = None
         return (weight / factor - delta).to(weight.dtype)
+
+    @torch.no_grad()
+    def unmerged(self, layer, weight: torch.Tensor, name: str) -> torch.Tensor:
+        """`weight` with this merged DoRA adapter taken out, as a new tensor; the merge state is kept."""
+        factor = self.weight / self._merge_norm
+        factor = factor.view(1, -1) if layer.fan_in_fan_out else factor.view(-1, 1)
+        return (weight / factor - layer.delta_weight(name)).to(weight.dtype)

@@ -145,6 +145,18 @@ class LoraLayer(AdapterLayer):
             return self.lora_magnitude_vector[name].merged_weight(self, weight, name, sign)
         return self.add_delta_(weight, name, sign, round_first=safe or sign < 0 or self.merge_rounds_delta_first)
 
+    @torch.no_grad()
+    def unmerged_copy(self, weight: torch.Tensor) -> torch.Tensor:
+        """`weight` with every merged adapter taken out, as a new tensor: DoRA computes its norm from the
+        unmerged weight even when other adapters are merged already (as PEFT does)."""
+        w = weight.clone()
+        for name in reversed(self.merged_adapters):
+            if self.use_dora[name]:
+                w = self.lora_magnitude_vector[name].unmerged(self, w, name)
+            else:
+                w = self.add_delta_(w, name, -1, round_first=True)
+        return w
+
     def add_delta_(self, weight: torch.Tensor, name: str, sign: int, round_first: bool = False) -> torch.Tensor:
         """weight += sign * s B A, in place (round_first: round the delta to the weight's dtype before adding)."""
         delta = self.delta_weight(name)
