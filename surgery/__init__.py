@@ -31,6 +31,7 @@ from .facade.tasks import (
     get_peft_model,
 )
 from .facade.tuner import LoraModel
+from .integrations.allocator import tune_cpu_allocator
 from .methods.prompt.embedding import PromptEmbedding
 from .methods.prompt.encoder import PromptEncoder
 from .methods.prompt.prefix import PrefixEncoder
@@ -44,4 +45,5 @@ __all__ = [
     "PromptEncoderConfig", "PromptEncoderReparameterizationType", "PromptLearningConfig", "PromptTuningConfig",
     "PromptTuningInit", "Rewrite", "SurgeryError", "TaskType", "apply_rules", "get_peft_config",
     "get_peft_model", "get_peft_model_state_dict", "load_config", "plan", "set_peft_model_state_dict",
+    "tune_cpu_allocator",
 ]
