@@ -14,9 +14,10 @@ DoRA (n = ||W + s B A||_row, detached as in the paper and PEFT; m the magnitude)
     backward  dm = sum_tokens(g * y) / n,   gy = g * (m / n),   then the LoRA backward on gy
 
 With LoRA dropout the adapter reads x_d = dropout(x) (the module runs as usual, so the random stream is
-the same as on the generic path) and autograd carries dx_d back through the dropout mask. DoRA with dropout,
-an nn.Linear / Conv1D base with hooks, several active adapters, autocast or mixed dtypes take the generic
-path in layer.py, which gives the same values.
+the same as on the generic path) and autograd carries dx_d back through the dropout mask. float32 factors on
+a bf16/fp16 base (autocast_adapter_dtype) run `_LoraLinearMixed`, PEFT's mixed-precision arithmetic. DoRA
+with dropout or on such a base, a base with hooks, several active adapters and autocast take the generic path
+in layer.py, which gives the same values.
 """
 from __future__ import annotations
 
