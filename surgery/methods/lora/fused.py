@@ -15,9 +15,9 @@ DoRA (n = ||W + s B A||_row, detached as in the paper and PEFT; m the magnitude)
 
 With LoRA dropout the adapter reads x_d = dropout(x) (the module runs as usual, so the random stream is
 the same as on the generic path) and autograd carries dx_d back through the dropout mask. float32 factors on
-a bf16/fp16 base (autocast_adapter_dtype) run `_LoraLinearMixed`, PEFT's mixed-precision arithmetic. DoRA
-with dropout or on such a base, a base with hooks, several active adapters and autocast take the generic path
-in layer.py, which gives the same values.
+a bf16/fp16 base (autocast_adapter_dtype) run `_LoraLinearMixed` / `_DoraLinearMixed`, PEFT's mixed-precision
+arithmetic. DoRA with dropout, a base with hooks, several active adapters and autocast take the generic path in
+layer.py, which gives the same values.
 """
 from __future__ import annotations
 
@@ -82,7 +82,7 @@ def fusable(layer, x: torch.Tensor) -> Optional[Factors]:
     if B_bias is not None or A.dtype != B.dtype or x.dtype != base_weight.dtype:
         return None
     mixed = A.dtype != x.dtype
-    if mixed and not (A.dtype == torch.float32 and x.dtype in (torch.bfloat16, torch.float16) and not use_dora):
+    if mixed and not (A.dtype == torch.float32 and x.dtype in (torch.bfloat16, torch.float16)):
         return None
     weight = base_weight.T if state["fan_in_fan_out"] else base_weight
     return Factors(name, weight, base._parameters.get("bias"), A, B, float(state["scaling"][name]), dropout,
@@ -95,16 +95,17 @@ def fused_forward(layer, x: torch.Tensor) -> Optional[torch.Tensor]:
     if f is None:
         return None
     x2d = x.reshape(-1, x.shape[-1])
-    if f.mixed:   # PEFT drops out the float32 copy of x: autograd carries dx_d back through both
-        x_d = None if f.dropout is _NO_DROPOUT else f.dropout(x2d.float())
-        out = _LoraLinearMixed.apply(x2d, f.weight, f.bias, f.A, f.B, f.scaling, x_d)
-    elif f.use_dora:
+    if f.use_dora:
         magnitude = layer._modules["lora_magnitude_vector"]._modules[f.name]
         m = magnitude._parameters["weight"]
-        if m.dtype != x.dtype:
+        if m.dtype != f.A.dtype:
             return None
-        norm = magnitude.row_norm(layer, f.name, layer._modules["base_layer"].weight).to(x.dtype)
-        out = _DoraLinear.apply(x2d, f.weight, f.bias, f.A, f.B, m, norm, f.scaling)
+        norm = magnitude.row_norm(layer, f.name, layer._modules["base_layer"].weight).to(m.dtype)
+        dora = _DoraLinearMixed if f.mixed else _DoraLinear
+        out = dora.apply(x2d, f.weight, f.bias, f.A, f.B, m, norm, f.scaling)
+    elif f.mixed:   # PEFT drops out the float32 copy of x: autograd carries dx_d back through both
+        x_d = None if f.dropout is _NO_DROPOUT else f.dropout(x2d.float())
+        out = _LoraLinearMixed.apply(x2d, f.weight, f.bias, f.A, f.B, f.scaling, x_d)
     else:
         x_d = None if f.dropout is _NO_DROPOUT else f.dropout(x2d)
         out = _LoraLinear.apply(x2d, f.weight, f.bias, f.A, f.B, f.scaling, x_d)
@@ -204,3 +205,36 @@ class _LoraLinearMixed(torch.autograd.Function):
             dx = dx.add_(torch.mm(gh, A).to(g.dtype))
         dbias = g.sum(0) if need_bias else None
         return dx, dW, dbias, dA, dB, None, dx_d
+
+
+class _DoraLinearMixed(torch.autograd.Function):
+    """DoRA with float32 factors and magnitude on a half-precision base: the base GEMM in the half dtype, the
+    rest at float32 (as PEFT), out = (m/n) * (W x + s B A x) + b rounded to the half dtype once."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, A, B, magnitude, norm, s):
+        xf = x.float()
+        h = torch.mm(xf, A.t())
+        y = torch.mm(x, weight.t()).float().addmm_(h, B.t(), alpha=s)
+        scale = magnitude / norm
+        out = (y * scale if bias is None else torch.addcmul(bias.float(), y, scale)).to(x.dtype)
+        ctx.save_for_backward(xf, h, weight, A, B, y, scale, norm)
+        ctx.s = s
+        return out
+
+    @staticmethod
+    def backward(ctx, g):
+        xf, h, weight, A, B, y, scale, norm = ctx.saved_tensors
+        s = ctx.s
+        need_x, need_w, need_bias, need_a, need_b, need_m = ctx.needs_input_grad[:6]
+        gf = g.float()
+        dm = (gf * y).sum(0).div_(norm) if need_m else None
+        dbias = g.sum(0) if need_bias else None
+        gy = gf * scale
+        gh = torch.mm(gy, B).mul_(s) if (need_x or need_a) else None
+        dB = torch.mm(gy.t(), h).mul_(s) if need_b else None
+        dA = torch.mm(gh.t(), xf) if need_a else None
+        gy_half = gy.to(g.dtype) if (need_x or need_w) else None
+        dW = torch.mm(gy_half.t(), xf.to(g.dtype)) if need_w else None
+        dx = torch.mm(gy_half, weight).add_(torch.mm(gh, A).to(g.dtype)) if need_x else None
+        return dx, dW, dbias, dA, dB, dm, None, None
