@@ -1,4 +1,5 @@
-"""Small real-weight Llama models shared by the benchmarks, and LoRA-weight copying between libraries."""
+"""Small real-weight Llama models shared by the benchmarks, the AdamW train step they time, and LoRA-weight
+copying between libraries."""
 from __future__ import annotations
 
 import torch
@@ -32,6 +33,21 @@ def randomize_adapters(peft_model: torch.nn.Module, seed: int = 1, std: float = 
         for name, p in peft_model.named_parameters():
             if "lora_A" in name or "lora_B" in name:
                 p.copy_(torch.randn(p.shape, generator=g, dtype=p.dtype) * std)
+
+
+def adamw_step(model: torch.nn.Module, forward=None):
+    """A step function: zero_grad, causal-LM loss forward/backward through `forward` (default: the model
+    itself; e.g. its torch.compile wrapper), AdamW (lr 1e-4) over the model's trainable parameters."""
+    forward = model if forward is None else forward
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+
+    def step(batch):
+        optimizer.zero_grad(set_to_none=True)
+        loss = forward(input_ids=batch, labels=batch).loss
+        loss.backward()
+        optimizer.step()
+        return loss.detach()
+    return step
 
 
 def copy_adapters(src: torch.nn.Module, dst: torch.nn.Module) -> int:

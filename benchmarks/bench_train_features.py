@@ -28,6 +28,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 import peft
 import surgery
+from _models import adamw_step
 
 CASES = ("eager", "checkpoint", "compile")
 
@@ -58,17 +59,7 @@ def adapted(lib, base, rank: int, source=None):
 def make_step(model, case: str):
     if case == "checkpoint":
         model.gradient_checkpointing_enable()
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=1e-4)
-    run = torch.compile(model) if case == "compile" else model
-
-    def step(batch):
-        optimizer.zero_grad(set_to_none=True)
-        loss = run(input_ids=batch, labels=batch).loss
-        loss.backward()
-        optimizer.step()
-        return loss.detach()
-    return step
+    return adamw_step(model, torch.compile(model) if case == "compile" else None)
 
 
 def main() -> int:

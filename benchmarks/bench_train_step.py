@@ -21,7 +21,7 @@ import peft
 import torch
 
 import surgery
-from _models import copy_adapters, n_params, small_llama
+from _models import adamw_step, copy_adapters, n_params, small_llama
 
 TARGETS = {"LoRA": 1.05, "DoRA": 1.12}
 
@@ -43,16 +43,7 @@ def make_adapter(lib, base, use_dora: bool, r: int):
     model = lib.get_peft_model(copy.deepcopy(base), lib.LoraConfig(target_modules="all-linear", r=r,
                                                                     use_dora=use_dora))
     model.train()
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=1e-4)
-
-    def step(batch):
-        opt.zero_grad(set_to_none=True)
-        loss = model(input_ids=batch, labels=batch).loss
-        loss.backward()
-        opt.step()
-        return loss.detach()
-    return model, step
+    return model, adamw_step(model)
 
 
 def main():

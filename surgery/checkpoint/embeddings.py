@@ -20,6 +20,8 @@ from typing import Optional, Union
 import torch
 from torch import nn
 
+from ..graph.walk import is_adapter_layer
+
 logger = logging.getLogger(__name__)
 
 EMBEDDING_LAYER_NAMES = ("embed_tokens", "lm_head")
@@ -70,7 +72,7 @@ def embedding_tensors(peft_model, targeted: bool) -> dict[str, torch.Tensor]:
     for layer in (base.get_input_embeddings(), base.get_output_embeddings()):
         if layer is None or getattr(layer, "_surgery_modules_to_save", False):
             continue   # a modules_to_save copy is saved with the adapter already
-        wrapped = getattr(type(layer), "_surgery_adapter_layer", False)
+        wrapped = is_adapter_layer(layer)
         if targeted and not wrapped:
             continue   # PEFT: when the embeddings are targets, only the wrapped ones' base layers are saved
         module = layer.get_base_layer() if wrapped else layer
@@ -87,7 +89,7 @@ def loadable_embedding_keys(peft_model, state: dict, known: dict) -> dict[str, t
         return {}
     out = {}
     for layer in (base.get_input_embeddings(), getattr(base, "get_output_embeddings", lambda: None)()):
-        if layer is None or getattr(type(layer), "_surgery_adapter_layer", False):
+        if layer is None or is_adapter_layer(layer):
             continue   # wrapped layers: `<path>.base_layer.weight`, handled with the other base-layer keys
         if getattr(layer, "weight", None) is None:
             continue

@@ -14,7 +14,7 @@ from .trainable import mark_trainable
 logger = logging.getLogger(__name__)
 
 
-def _parent_and_attr(model: nn.Module, path: str) -> tuple[nn.Module, str]:
+def parent_and_attr(model: nn.Module, path: str) -> tuple[nn.Module, str]:
     """The parent module of `path` and the child's attribute name, read through the `_modules` dicts
     (get_submodule's getattr per segment is the slow path of nn.Module)."""
     parent_path, _, attr = path.rpartition(".")
@@ -41,7 +41,7 @@ def apply_plan(model: nn.Module, plan: Plan, config, active: list[str] | None = 
     extended: list[nn.Module] = []                        # existing adapter layers given one more adapter
     try:
         for rw in plan.rewrites:
-            parent, attr = _parent_and_attr(model, rw.path)
+            parent, attr = parent_and_attr(model, rw.path)
             module = _child(parent, attr)
             layer_cls = spec.wrapper_for(module, config, rw.path)
             if rw.action == "add":
@@ -57,7 +57,7 @@ def apply_plan(model: nn.Module, plan: Plan, config, active: list[str] | None = 
             module = model.get_submodule(entry.path)
             wrapper = module if isinstance(module, ModulesToSaveWrapper) else ModulesToSaveWrapper(module)
             wrapper.update(name, trainable=not config.inference_mode)
-            saved.append((*_parent_and_attr(model, entry.path), wrapper, module))
+            saved.append((*parent_and_attr(model, entry.path), wrapper, module))
     except Exception as exc:
         for layer in extended:
             if name in layer.adapter_names():

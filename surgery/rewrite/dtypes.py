@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..graph.walk import all_modules
+from ..graph.walk import all_modules, is_adapter_layer
 
 _UPCAST = {torch.float16, torch.bfloat16} | {
     getattr(torch, name) for name in ("float8_e4m3fn", "float8_e4m3fnuz", "float8_e5m2", "float8_e5m2fnuz",
@@ -19,7 +19,7 @@ def upcast_adapter(model: nn.Module, adapter_name: str) -> int:
     requires_grad flags kept). Returns how many tensors changed."""
     changed = 0
     for module in all_modules(model):
-        if not getattr(type(module), "_surgery_adapter_layer", False) or not hasattr(module, "adapter_containers"):
+        if not is_adapter_layer(module) or not hasattr(module, "adapter_containers"):
             continue   # modules_to_save copies keep the base dtype, as in PEFT
         for _, holder in module.adapter_containers():
             param = holder._parameters.get(adapter_name)

@@ -5,6 +5,7 @@ from typing import Optional
 
 from torch import nn
 
+from .apply import parent_and_attr
 from .modules_to_save import ModulesToSaveWrapper
 from .trainable import adapter_layers
 
@@ -47,8 +48,7 @@ def unload(model: nn.Module, merge: bool, safe_merge: bool = False,
     if merge:
         merge_adapters(model, adapter_names, safe_merge, progress)
     for fqn, layer in list(adapter_layers(model)):
-        parent_path, _, attr = fqn.rpartition(".")
-        parent = model.get_submodule(parent_path) if parent_path else model
+        parent, attr = parent_and_attr(model, fqn)
         if isinstance(layer, ModulesToSaveWrapper):
             replacement = layer.unwrapped()
         else:

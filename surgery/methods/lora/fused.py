@@ -112,14 +112,21 @@ def fused_forward(layer, x: torch.Tensor) -> Optional[torch.Tensor]:
     return out.view(*x.shape[:-1], out.shape[-1])
 
 
+def _factor_grads(g, x_in, h, A, B, s, need_gh: bool, need_a: bool, need_b: bool):
+    """The low-rank part of every backward here, for output grad g of s (x_in A^T) B^T: gh = s g B (the grad
+    at h, for dx and dA), dA = gh^T x_in, dB = s g^T h; each only when needed. (gh, dA, dB)."""
+    gh = torch.mm(g, B).mul_(s) if (need_gh or need_a) else None
+    dB = torch.mm(g.t(), h).mul_(s) if need_b else None
+    dA = torch.mm(gh.t(), x_in) if need_a else None
+    return gh, dA, dB
+
+
 def _lora_backward(ctx, g: torch.Tensor, x, x_d, h, weight, A, B, s):
     """Gradients of y = x W^T + s (x_d A^T) B^T for output grad g: (dx, dx_d, dW, dA, dB).
     x_d None means the adapter read x itself, and its x-gradient is folded into dx."""
     need_x, need_w, need_a, need_b = (ctx.needs_input_grad[i] for i in (0, 1, 3, 4))
     need_xd = x_d is not None and ctx.needs_input_grad[6]
-    gh = torch.mm(g, B).mul_(s) if (need_x or need_a or need_xd) else None
-    dB = torch.mm(g.t(), h).mul_(s) if need_b else None
-    dA = torch.mm(gh.t(), x if x_d is None else x_d) if need_a else None
+    gh, dA, dB = _factor_grads(g, x if x_d is None else x_d, h, A, B, s, need_x or need_xd, need_a, need_b)
     dW = torch.mm(g.t(), x) if need_w else None
     dx = torch.mm(g, weight) if need_x else None
     dx_d = None
@@ -194,10 +201,7 @@ class _LoraLinearMixed(torch.autograd.Function):
         need_x, need_w, need_bias, need_a, need_b = ctx.needs_input_grad[:5]
         need_xd = ctx.dropped and ctx.needs_input_grad[6]
         g = g.contiguous()
-        gf = g.float()
-        gh = torch.mm(gf, B).mul_(s) if (need_x or need_a or need_xd) else None
-        dB = torch.mm(gf.t(), h).mul_(s) if need_b else None
-        dA = torch.mm(gh.t(), xf) if need_a else None
+        gh, dA, dB = _factor_grads(g.float(), xf, h, A, B, s, need_x or need_xd, need_a, need_b)
         dW = torch.mm(g.t(), x) if need_w else None
         dx = torch.mm(g, weight) if need_x else None
         dx_d = torch.mm(gh, A) if need_xd else None
@@ -231,9 +235,7 @@ class _DoraLinearMixed(torch.autograd.Function):
         dm = (gf * y).sum(0).div_(norm) if need_m else None
         dbias = g.sum(0) if need_bias else None
         gy = gf * scale
-        gh = torch.mm(gy, B).mul_(s) if (need_x or need_a) else None
-        dB = torch.mm(gy.t(), h).mul_(s) if need_b else None
-        dA = torch.mm(gh.t(), xf) if need_a else None
+        gh, dA, dB = _factor_grads(gy, xf, h, A, B, s, need_x, need_a, need_b)
         gy_half = gy.to(g.dtype) if (need_x or need_w) else None
         dW = torch.mm(gy_half.t(), xf.to(g.dtype)) if need_w else None
         dx = torch.mm(gy_half, weight).add_(torch.mm(gh, A).to(g.dtype)) if need_x else None

@@ -178,11 +178,14 @@ class LoraLayer(AdapterLayer):
             if bias is not None and getattr(lora_B, "bias", None) is not None:
                 bias = bias + lora_B.bias * self.scaling[name]
             if not torch.isfinite(weight).all() or (bias is not None and not torch.isfinite(bias).all()):
-                raise MergeError(f"merging adapter {name!r} into {self._layer_name()} would produce NaN/inf "
-                                 f"weights; the layer was left unmerged")
+                raise self._non_finite(name)
         for name in self._to_merge(adapter_names):   # DoRA kept the norm of the copy: drop it
             if self.use_dora[name]:
                 self.lora_magnitude_vector[name]._merge_norm = None
+
+    def _non_finite(self, name: str) -> MergeError:
+        return MergeError(f"merging adapter {name!r} into {self._layer_name()} would produce NaN/inf weights; "
+                          f"the layer was left unmerged")
 
     def merge(self, safe_merge: bool = False, adapter_names: Optional[list[str]] = None) -> None:
         names = self._to_merge(adapter_names)
@@ -192,8 +195,7 @@ class LoraLayer(AdapterLayer):
                 if safe_merge:
                     merged = self._merged_weight(base.weight.data.clone(), name, +1, safe=True)
                     if not torch.isfinite(merged).all():
-                        raise MergeError(f"merging adapter {name!r} into {self._layer_name()} would produce "
-                                         f"NaN/inf weights; the layer was left unmerged")
+                        raise self._non_finite(name)
                     base.weight.data.copy_(merged)
                 else:
                     base.weight.data = self._merged_weight(base.weight.data, name, +1)

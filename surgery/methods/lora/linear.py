@@ -31,17 +31,3 @@ class Linear(LoraLayer):
         if self.fan_in_fan_out:
             return weight.addmm_(A.T, B.T, alpha=alpha)
         return weight.addmm_(B, A, alpha=alpha)
-
-    def _adapter_output(self, x: torch.Tensor, name: str, result: torch.Tensor) -> torch.Tensor:
-        lora_A, lora_B = self.lora_A[name], self.lora_B[name]
-        fusable = self.training and torch.is_grad_enabled() and result.dtype == lora_B.weight.dtype
-        if not fusable or self.use_dora[name] or lora_B.bias is not None:
-            # Inference keeps PEFT's exact op order, so outputs stay bit-identical to PEFT's.
-            return super()._adapter_output(x, name, result)
-        # Training: result + s * (h @ B^T) as one addmm, the scaling and the residual add inside the GEMM
-        # instead of two extra passes over the (tokens x out) activations, forward and backward
-        # (about 2% of a train step; the sums differ from PEFT's order only by float rounding, ~1e-7).
-        h = lora_A(self.lora_dropout[name](x.to(lora_A.weight.dtype)))
-        out = torch.addmm(result.reshape(-1, result.shape[-1]), h.reshape(-1, h.shape[-1]), lora_B.weight.t(),
-                          alpha=self.scaling[name])
-        return out.view(result.shape)
