@@ -6,9 +6,10 @@ from typing import Optional, Union
 from torch import nn
 
 from .config.base import PeftConfig
+from .errors import PlanError
 from .methods.registry import get_method
 from .plan.model import Plan
-from .plan.planner import plan
+from .plan.planner import plan, plan_with_config
 from .rewrite.apply import apply_plan
 
 
@@ -23,8 +24,11 @@ def apply_rules(model: nn.Module, cfg: Union[PeftConfig, dict, str], adapter_nam
 
     Every check runs before the first change: on error the model is exactly as it was.
     """
-    p = plan(model, cfg, adapter_name, strict_targets=strict_targets)
-    return apply_plan(model, p, resolved_config(p), active=active)
+    p, config = plan_with_config(model, cfg, adapter_name, strict_targets=strict_targets)
+    if get_method(config.peft_type).injector is not None:
+        raise PlanError(f"{config.peft_type.value} adds inputs, not layers: its state lives on a PeftModel; use "
+                        f"get_peft_model(model, config) instead of apply_rules")
+    return apply_plan(model, p, config, active=active)
 
 
 __all__ = ["plan", "apply_rules", "resolved_config"]

@@ -29,6 +29,10 @@ class AdapterNameError(SurgeryError):
     """An adapter name is unsafe or unknown."""
 
 
+class MethodAttributeError(ConfigError, AttributeError):
+    """An attribute of another method's adapters (e.g. get_prompt on a LoRA model); hasattr() sees False."""
+
+
 class MergeError(SurgeryError):
     """A merge would produce non-finite weights or cannot be done."""
 

@@ -5,6 +5,8 @@ import re
 
 from .errors import AdapterNameError
 
+BASE_NAME = "__base__"   # in adapter_names (one per sample): no adapter for this sample, the base model alone
+
 _SAFE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_\-]*$")
 # Attribute names an adapter key would shadow on nn.Module / ModuleDict.
 _RESERVED = frozenset({"base_layer", "original_module", "modules_to_save", "training", "forward", "state_dict",

@@ -30,7 +30,7 @@ def test_plan_json_and_markdown(capsys):
     code, out, _ = run(capsys, "plan", "gpt2", "--config", "lora-all-linear", "--format", "json")
     assert code == 0
     data = json.loads(out)
-    assert len(data["rewrites"]) == 48 and all(r["fan_in_fan_out"] for r in data["rewrites"])
+    assert len(data["rewrites"]) == 48 and all(r["base_type"] == "Conv1D" for r in data["rewrites"])
     assert "lm_head" not in {r["path"] for r in data["rewrites"]}
     code, out, _ = run(capsys, "plan", "gpt2", "--config", "lora-all-linear", "--format", "markdown")
     assert code == 0 and "| module" in out

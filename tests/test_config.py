@@ -11,7 +11,7 @@ import pytest
 
 import surgery
 import tiny_models as tm
-from surgery.config.lora import LORA_INERT_KEYS
+from surgery.methods.lora.config import LORA_INERT_KEYS
 from surgery.errors import ConfigError, SurgeryError
 
 peft = pytest.importorskip("peft")

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 import surgery
 import tiny_models
-from surgery.config.lora import LoraConfig
+from surgery.methods.lora.config import LoraConfig
 from surgery.config.loading import config_from_dict, load_config
 from surgery.errors import CheckpointError, ConfigError, PlanError, SurgeryError, TargetNotFoundError
 

@@ -193,14 +193,14 @@ def test_rank_and_alpha_patterns(llama):
     p = surgery.plan(llama, surgery.LoraConfig(
         target_modules=["q_proj", "v_proj", "down_proj"], r=8, lora_alpha=16,
         rank_pattern={"v_proj": 4, r"model\.layers\.1\.mlp\.down_proj": 2}, alpha_pattern={"q_proj": 2}))
-    got = {r.path: (r.rank, r.alpha, r.scaling) for r in p.rewrites}
+    got = {r.path: (r["r"], r["lora_alpha"], r["scaling"]) for r in p.rewrites}
     assert got["model.layers.0.self_attn.q_proj"] == (8, 2, 2 / 8)
     assert got["model.layers.0.self_attn.v_proj"] == (4, 16, 16 / 4)
     assert got["model.layers.0.mlp.down_proj"] == (8, 16, 16 / 8)
     assert got["model.layers.1.mlp.down_proj"] == (2, 16, 16 / 2)
     p = surgery.plan(llama, surgery.LoraConfig(target_modules=["v_proj"], r=16, lora_alpha=8, use_rslora=True,
                                                rank_pattern={"v_proj": 4}))
-    assert {r.scaling for r in p.rewrites} == {8 / 2}
+    assert {r["scaling"] for r in p.rewrites} == {8 / 2}
     model = surgery.get_peft_model(tm.tiny_llama(), surgery.LoraConfig(
         target_modules=["q_proj", "v_proj"], rank_pattern={"v_proj": 2}))
     layer = model.get_base_model().model.layers[0].self_attn

@@ -184,8 +184,8 @@ def test_planner_only_raises_surgery_errors(data, with_type, model_name):
     except SurgeryError:
         return
     # a plan that succeeded is coherent
-    assert p.paths() and all(r.rank > 0 and r.added_params > 0 for r in p.rewrites)
-    assert all(math.isfinite(r.scaling) or not math.isfinite(r.alpha) for r in p.rewrites)
+    assert p.paths() and all(r["r"] > 0 and r.added_params > 0 for r in p.rewrites)
+    assert all(math.isfinite(r["scaling"]) or not math.isfinite(r["lora_alpha"]) for r in p.rewrites)
 
 
 @settings(max_examples=100, deadline=None)

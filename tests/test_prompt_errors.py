@@ -122,7 +122,7 @@ def test_calls_that_make_no_sense_for_prompt_learning():
         with pytest.raises(ConfigError, match=match):
             call()
     lora = surgery.get_peft_model(tm.tiny_gpt2(), surgery.LoraConfig(target_modules=["c_attn"]))
-    with pytest.raises(ConfigError, match="only for prompt-learning"):
+    with pytest.raises(ConfigError, match="get_prompt is only for PROMPT_TUNING, P_TUNING, PREFIX_TUNING adapters"):
         lora.get_prompt(2)
 
 

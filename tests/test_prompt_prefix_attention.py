@@ -59,7 +59,7 @@ def test_prefix_injection_equals_explicit_attention(attn, padded):
         mask[1, 5:] = 0
     with torch.no_grad():
         ours = model(input_ids=ids, attention_mask=mask).last_hidden_state
-        expected = explicit_bert(model.get_base_model(), ids, mask, prefix_layers(model, "default", 2))
+        expected = explicit_bert(model.get_base_model(), ids, mask, prefix_layers(model.prompt_encoder, "default", 2))
         with model.disable_adapter():
             plain = model(input_ids=ids, attention_mask=mask).last_hidden_state
     torch.testing.assert_close(ours, expected, atol=1e-5, rtol=0)

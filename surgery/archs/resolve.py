@@ -25,6 +25,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..errors import SurgeryError
+from ..tasks import TASKS
+
 __all__ = [
     "ModelSourceError",
     "TASK_TO_AUTO_CLASS",
@@ -37,24 +40,11 @@ __all__ = [
 
 _ARCH_DIR = Path(__file__).resolve().parent
 
-# PEFT task type -> name of the transformers Auto class that builds it.
-TASK_TO_AUTO_CLASS: dict[str, str] = {
-    "CAUSAL_LM": "AutoModelForCausalLM",
-    "SEQ_2_SEQ_LM": "AutoModelForSeq2SeqLM",
-    "SEQ_CLS": "AutoModelForSequenceClassification",
-    "TOKEN_CLS": "AutoModelForTokenClassification",
-    "QUESTION_ANS": "AutoModelForQuestionAnswering",
-    "FEATURE_EXTRACTION": "AutoModel",
-}
+# PEFT task type -> name of the transformers Auto class that builds it (from the task table).
+TASK_TO_AUTO_CLASS: dict[str, str] = {t.value: task.auto_class for t, task in TASKS.items()}
 
 
-try:  # the library's common error base, when the core package provides it (it is a ValueError)
-    from ..errors import SurgeryError as _ErrorBase
-except ImportError:  # pragma: no cover - archs used standalone
-    _ErrorBase = ValueError
-
-
-class ModelSourceError(_ErrorBase):
+class ModelSourceError(SurgeryError):
     """A model source could not be resolved to a config or built into a model."""
 
 

@@ -4,16 +4,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional
 
+from huggingface_hub import hf_hub_download
+from huggingface_hub.errors import EntryNotFoundError, HFValidationError
+
 from ..errors import CheckpointError
+from .names import BIN_NAME, CONFIG_NAME, SAFETENSORS_NAME
 
 
 def download_adapter(repo_id: str, subfolder: Optional[str] = None, revision: Optional[str] = None,
                      token=None, cache_dir=None, **_ignored) -> Path:
-    from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import EntryNotFoundError, HFValidationError
-
-    from .io import BIN_NAME, CONFIG_NAME, SAFETENSORS_NAME
-
     kwargs = dict(repo_id=repo_id, subfolder=subfolder, revision=revision, token=token, cache_dir=cache_dir)
     try:
         config_path = Path(hf_hub_download(filename=CONFIG_NAME, **kwargs))

@@ -15,12 +15,9 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from ..errors import CheckpointError
+from .hub import download_adapter
+from .names import BIN_NAME, CONFIG_NAME, FORMAT_VERSION, SAFETENSORS_NAME
 from .transaction import JOURNAL, commit_files, folder_lock, recover
-
-CONFIG_NAME = "adapter_config.json"
-SAFETENSORS_NAME = "adapter_model.safetensors"
-BIN_NAME = "adapter_model.bin"
-FORMAT_VERSION = "0.21.2"  # the PEFT on-disk format this writer follows
 
 
 def adapter_dir(save_directory: os.PathLike, adapter_name: str) -> Path:
@@ -80,8 +77,6 @@ def resolve_adapter_files(model_id: os.PathLike, subfolder: Optional[str] = None
         if not (path / CONFIG_NAME).is_file():
             raise CheckpointError(f"no {CONFIG_NAME} in {str(path)!r}; is this an adapter directory?")
         return path
-    from .hub import download_adapter
-
     return download_adapter(str(model_id), subfolder=subfolder, **hub_kwargs)
 
 

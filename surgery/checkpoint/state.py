@@ -18,9 +18,14 @@ PROGRESS_MIN_TENSORS = 256  # a progress bar for loads this large (e.g. all-line
 
 
 def adapter_model_keys(peft_model: nn.Module, adapter_name: str, bias: str = "none") -> dict[str, torch.Tensor]:
-    """{model key: tensor} of everything that belongs to one adapter (plus trained biases)."""
+    """{model key: tensor} of everything that belongs to one adapter: its layers' containers, modules_to_save
+    copies, the state its layers share (kept on the tuner), and trained biases ("all" or "<method>_only")."""
     out: dict[str, torch.Tensor] = {}
+    bias = bias or "none"
     prefix = "base_model.model."
+    shared = getattr(peft_model.base_model, "shared_tensors", None)
+    for key, tensor in (shared(adapter_name) if shared is not None else {}).items():
+        out[f"base_model.{key}.{adapter_name}"] = tensor
     for fqn, layer in adapter_layers(peft_model.base_model.model):
         if isinstance(layer, ModulesToSaveWrapper):
             if adapter_name in layer.modules_to_save:
@@ -36,7 +41,7 @@ def adapter_model_keys(peft_model: nn.Module, adapter_name: str, bias: str = "no
             else:
                 for k, v in item.state_dict().items():
                     out[f"{prefix}{fqn}.{container}.{adapter_name}.{k}"] = v
-        if bias == "lora_only" and getattr(layer.get_base_layer(), "bias", None) is not None:
+        if bias.endswith("_only") and getattr(layer.get_base_layer(), "bias", None) is not None:
             out[f"{prefix}{fqn}.base_layer.bias"] = layer.get_base_layer().bias
     if bias == "all":
         for k, v in peft_model.state_dict().items():
@@ -55,6 +60,7 @@ def get_peft_model_state_dict(model, state_dict: Optional[dict] = None, adapter_
     layers' full weights when save_embedding_layers says so (see embeddings.py for "auto")."""
     model = getattr(model, "_orig_mod", model) if unwrap_compiled else model
     config = model.peft_config[adapter_name]
+    collapsed = get_method(config.peft_type).collapsed_keys
     entries = _method_entries(model, adapter_name)
     if entries is not None:
         return {key: saved for key, (saved, _) in entries.items()}
@@ -65,7 +71,7 @@ def get_peft_model_state_dict(model, state_dict: Optional[dict] = None, adapter_
             selected.setdefault(key, tensor)
     if state_dict is not None:
         selected = {k: state_dict[k] for k in selected if k in state_dict}
-    return {to_checkpoint_key(k, adapter_name): v for k, v in selected.items()}
+    return {to_checkpoint_key(k, adapter_name, collapsed): v for k, v in selected.items()}
 
 
 def set_peft_model_state_dict(model, peft_model_state_dict: dict, adapter_name: str = "default",
@@ -81,8 +87,9 @@ def set_peft_model_state_dict(model, peft_model_state_dict: dict, adapter_name: 
         targets = {key: target for key, (_, target) in entries.items()}
         by_ckpt = {key: key for key in targets}
     else:
+        collapsed = get_method(config.peft_type).collapsed_keys
         targets = adapter_model_keys(model, adapter_name, getattr(config, "bias", "none"))
-        by_ckpt = {to_checkpoint_key(k, adapter_name): k for k in targets}
+        by_ckpt = {to_checkpoint_key(k, adapter_name, collapsed): k for k in targets}
     peft_model_state_dict = {k: v for k, v in peft_model_state_dict.items()
                              if k in by_ckpt or not _peft_duplicate(k, peft_model_state_dict)}
     extra = _base_layer_weights(model, peft_model_state_dict, by_ckpt)
@@ -119,10 +126,12 @@ def set_peft_model_state_dict(model, peft_model_state_dict: dict, adapter_name: 
 
 
 def _method_entries(model, adapter_name: str) -> Optional[dict]:
-    """A method's own {checkpoint key: (tensor to save, tensor to load into)} (prompt learning: the
-    `prompt_embeddings` key), or None for methods whose tensors live on their layers."""
-    hook = get_method(model.peft_config[adapter_name].peft_type).state_entries
-    return hook(model, adapter_name) if hook is not None else None
+    """The checkpoint entries of a method whose state is injected, not on layers ({key: (tensor to save, tensor
+    to load into)}, from its InjectedState: prompt learning's `prompt_embeddings`), else None."""
+    spec = get_method(model.peft_config[adapter_name].peft_type)
+    if spec.injector is None:
+        return None
+    return model._modules[spec.injector.attribute].checkpoint_entries(adapter_name)
 
 
 def _base_layer_weights(model, state: dict, known: dict) -> dict:

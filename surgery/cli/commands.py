@@ -7,9 +7,14 @@ from pathlib import Path
 
 from tabulate import tabulate
 
+from ..checkpoint.io import read_config_dict, read_tensors, resolve_adapter_files
+from ..methods.registry import get_method
+from ..progress import bar
+from ..tasks import task_for
+
 
 def run_plan(args) -> int:
-    from ..api import plan
+    from ..api import plan                       # the pipeline and transformers: imported when a command runs
     from ..archs import load_model_for_planning
     from ..config.loading import load_config
 
@@ -21,21 +26,23 @@ def run_plan(args) -> int:
 
 
 def run_inspect(args) -> int:
-    from ..checkpoint.io import read_config_dict, read_tensors, resolve_adapter_files
-
     directory = resolve_adapter_files(args.adapter_dir)
     config = read_config_dict(directory)
     tensors = read_tensors(directory)
     files = [p for p in directory.iterdir() if p.is_file()]
+    spec = get_method(config.get("peft_type"))
+    containers = {name for h in spec.handlers for name in h.layer.adapter_layer_names}
     modules: dict[str, dict] = {}
+    by_module: dict[str, dict] = {}
     for key, tensor in tensors.items():
-        path, _, kind = key.removeprefix("base_model.model.").rpartition(".")
-        if kind == "weight" and path.rsplit(".", 1)[-1] in ("lora_A", "lora_B"):
-            path, _, kind = path.rpartition(".")
+        path, container = _module_of(key.removeprefix("base_model.model."), containers)
         entry = modules.setdefault(path, {"params": 0, "dtype": str(tensor.dtype).removeprefix("torch."), "r": ""})
         entry["params"] += tensor.numel()
-        if kind in ("lora_A", "lora_embedding_A"):
-            entry["r"] = tensor.shape[0]
+        if container is not None:
+            by_module.setdefault(path, {})[container] = tensor
+    if spec.checkpoint_rank is not None:
+        for path, found in by_module.items():
+            modules[path]["r"] = spec.checkpoint_rank(found)
     rows = [(path, e["r"], f"{e['params']:,d}", e["dtype"]) for path, e in sorted(modules.items())]
     total = sum(t.numel() for t in tensors.values())
     if args.format == "json":
@@ -52,22 +59,23 @@ def run_inspect(args) -> int:
     return 0
 
 
+def _module_of(key: str, containers: set) -> tuple[str, object]:
+    """(module path, the method's container the key is in, or None) of a checkpoint key."""
+    parts = key.split(".")
+    index = next((i for i, part in enumerate(parts) if part in containers), None)
+    if index is None:
+        return key.rpartition(".")[0] or key, None
+    return ".".join(parts[:index]), parts[index]
+
+
 def run_merge(args) -> int:
     import transformers
 
-    from ..progress import bar
-
-    from ..checkpoint.io import read_config_dict, resolve_adapter_files
-    from ..config.enums import TaskType
     from ..facade.tasks import class_for_task
 
     directory = resolve_adapter_files(args.adapter)
     task = read_config_dict(directory).get("task_type")
-    auto = {TaskType.CAUSAL_LM.value: transformers.AutoModelForCausalLM,
-            TaskType.SEQ_2_SEQ_LM.value: transformers.AutoModelForSeq2SeqLM,
-            TaskType.SEQ_CLS.value: transformers.AutoModelForSequenceClassification,
-            TaskType.TOKEN_CLS.value: transformers.AutoModelForTokenClassification,
-            TaskType.QUESTION_ANS.value: transformers.AutoModelForQuestionAnswering}.get(task, transformers.AutoModel)
+    auto = getattr(transformers, task_for(task).auto_class)
     stages = bar(["load base", "load adapter", "merge", "save"], desc="surgery merge", leave=True)
     for stage in stages:
         if hasattr(stages, "set_postfix_str"):

@@ -38,6 +38,8 @@ class PeftConfig:
     _inert_keys: ClassVar[dict[str, Any]] = {}
     # Keys older PEFT versions wrote and that no longer mean anything; accepted and dropped silently.
     _legacy_keys: ClassVar[frozenset[str]] = frozenset()
+    # Keys never written to adapter_config.json (surgery extensions resolved at plan time, run-time options).
+    _unsaved_keys: ClassVar[tuple[str, ...]] = ()
     _method: ClassVar[Optional[PeftType]] = None
 
     def __post_init__(self) -> None:
@@ -76,6 +78,8 @@ class PeftConfig:
         out = {k: _jsonable(getattr(self, k)) for k in self.field_names()}
         for key, default in self._inert_keys.items():
             out.setdefault(key, copy.deepcopy(default))
+        for key in self._unsaved_keys:
+            out.pop(key, None)
         return out
 
     @classmethod

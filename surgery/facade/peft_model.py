@@ -1,10 +1,15 @@
 """PeftModel: the thin façade PEFT users know, over the rule engine and its recorded plans.
 
     PeftModel
-      ├── base_model: LoraModel (TunerModel)      keys read base_model.model.<path>, as in PEFT
+      ├── base_model: the method's tuner (LoraModel, IA3Model, ...)   keys read base_model.model.<path>, as PEFT
       │     └── model: the rewritten transformer
       ├── peft_config: {adapter name: resolved config}
-      └── plans: {adapter name: Plan}             what each adapter changed, printable as a table
+      ├── plans: {adapter name: Plan}             what each adapter changed, printable as a table
+      └── <injected state>                        methods that add inputs instead of layers (prompt learning):
+                                                  one InjectedState, e.g. `prompt_encoder`
+
+Every adapter takes one flow: plan -> stage (injected state, nothing changes) -> apply -> attach. The façade
+names no method: what differs between methods is in their specs.
 """
 from __future__ import annotations
 
@@ -13,27 +18,29 @@ from typing import Optional, Union
 
 from torch import nn
 
-from ..api import apply_rules
 from ..config.base import PeftConfig
-from ..config.loading import load_config
-from ..errors import AdapterNameError
-from ..naming import validate_adapter_name
+from ..errors import AdapterNameError, ConfigError, MethodAttributeError
+from ..methods.registry import exposed_by, get_method
+from ..naming import BASE_NAME, validate_adapter_name
 from ..plan.model import Plan, trainable_line
-from ..plan.planner import add_heads
+from ..plan.planner import plan_with_config
+from ..rewrite.apply import apply_plan
 from ..rewrite.dtypes import upcast_adapter
 from ..rewrite.trainable import adapter_layers, mark_trainable
-from ..methods.lora.mixed import BASE_NAME
+from .injected import InjectedState
 from .persistence import PersistenceMixin
-from .prompt import PromptLearningMixin
 from .training import TrainingMixin
-from .tuner import LoraModel, TunerModel
 
 
-class PeftModel(PersistenceMixin, PromptLearningMixin, TrainingMixin, nn.Module):
+class PeftModel(PersistenceMixin, TrainingMixin, nn.Module):
     """Base model encompassing various PEFT methods (PEFT's signature and attributes)."""
 
     # Task subclasses name the heads that train in full and are saved with the adapter.
     default_modules_to_save: tuple[str, ...] = ()
+    # task_type -> task class (facade/tasks.py fills it), for PeftModel.from_pretrained
+    task_classes: dict = {}
+    # True inside `with model.disable_adapter():` (injected state, e.g. prompts, is then left out too)
+    _adapters_disabled = False
 
     def __init__(self, model: nn.Module, peft_config: PeftConfig, adapter_name: str = "default",
                  autocast_adapter_dtype: bool = True, low_cpu_mem_usage: bool = False, **kwargs):
@@ -41,45 +48,63 @@ class PeftModel(PersistenceMixin, PromptLearningMixin, TrainingMixin, nn.Module)
         self.peft_config: dict[str, PeftConfig] = {}
         self.plans: dict[str, Plan] = {}
         self._active_adapter = adapter_name
-        # prompt learning changes no layers: its tuner is the plain holder (PEFT's base_model is the model itself)
-        tuner = TunerModel if getattr(peft_config, "is_prompt_learning", False) else LoraModel
-        self.base_model = tuner(model, self.peft_config)
+        self.base_model = get_method(peft_config.peft_type).tuner_cls(model, self.peft_config)
         self.special_peft_forward_args = {"adapter_names"}
         self._add(adapter_name, peft_config, activate=True, strict=kwargs.pop("_strict_targets", True),
                   autocast_adapter_dtype=autocast_adapter_dtype)
         self._prepare_for_gradient_checkpointing(model)
 
     # -- adapters --------------------------------------------------------------------------------------
-    def _task_config(self, peft_config: PeftConfig) -> PeftConfig:
-        config = load_config(peft_config)  # a copy: the user's object is never mutated
-        add_heads(config, self.default_modules_to_save)  # the class's heads, even without a task_type
-        return config
-
     def _add(self, adapter_name: str, peft_config: PeftConfig, activate: bool, strict: bool = True,
              autocast_adapter_dtype: bool = True) -> Plan:
         validate_adapter_name(adapter_name)
         if adapter_name in self.peft_config:
             raise AdapterNameError(f"adapter {adapter_name!r} already exists; delete_adapter({adapter_name!r}) "
                                    f"first or choose another name")
-        config = self._task_config(peft_config)
-        if config.base_model_name_or_path is None:
-            config.base_model_name_or_path = getattr(self.get_base_model(), "name_or_path", None) or None
+        self._check_same_method(peft_config)
+        spec = get_method(peft_config.peft_type)
+        model = self.get_base_model()
+        plan, config = plan_with_config(model, peft_config, adapter_name, strict_targets=strict,
+                                        heads=self.default_modules_to_save)
+        state = self._injected_state(spec, create=True) if spec.injector is not None else None
+        staged = state.stage(model, plan, config) if state is not None else None   # may fail: nothing changed
         active = [adapter_name] if activate else self.active_adapters
-        from ..methods.prompt.setup import add_prompt_adapter, check_mix
-
-        check_mix(self.peft_config.values(), config)
-        if config.is_prompt_learning:
-            plan, resolved = add_prompt_adapter(self, adapter_name, config, active)
-        else:
-            plan = apply_rules(self.get_base_model(), config, adapter_name, active=active, strict_targets=strict)
-            resolved = type(config).from_dict(plan.config)
-            if autocast_adapter_dtype:
-                upcast_adapter(self.get_base_model(), adapter_name)
+        apply_plan(model, plan, config, active=active, holder=self.base_model)
+        if state is not None:
+            state.attach(adapter_name, staged)
+        if autocast_adapter_dtype:
+            upcast_adapter(model, adapter_name)
         self.plans[adapter_name] = plan
-        self.peft_config[adapter_name] = resolved
+        self.peft_config[adapter_name] = config
         if activate:
             self._active_adapter = adapter_name
         return plan
+
+    def _check_same_method(self, config: PeftConfig) -> None:
+        """One PeftModel holds adapters of one method (as PEFT; combining methods is PEFT's PeftMixedModel)."""
+        for other in self.peft_config.values():
+            if other.peft_type != config.peft_type:
+                raise ConfigError(f"cannot combine a {config.peft_type.value} adapter with the model's "
+                                  f"{other.peft_type.value} adapter(s) in one PeftModel; use a separate PeftModel")
+
+    def _injected_state(self, spec, create: bool = False) -> Optional[InjectedState]:
+        """The InjectedState of `spec`'s method on this model (created on first use when `create`)."""
+        attribute = spec.injector.attribute
+        state = self._modules.get(attribute)
+        if state is None and create:
+            state = spec.injector()
+            state.__dict__["host"] = self
+            self._modules[attribute] = state
+        return state
+
+    def _injected_states(self) -> list[InjectedState]:
+        return [m for m in self._modules.values() if isinstance(m, InjectedState)]
+
+    def _running_state(self) -> Optional[InjectedState]:
+        """The injected state calls go through now: the active adapter's, unless adapters are disabled."""
+        if self._adapters_disabled or not self.peft_config:
+            return None
+        return next((s for s in self._injected_states() if s.runs(self._active_adapter)), None)
 
     def add_adapter(self, adapter_name: str, peft_config: PeftConfig, low_cpu_mem_usage: bool = False,
                     autocast_adapter_dtype: bool = True) -> None:
@@ -101,10 +126,9 @@ class PeftModel(PersistenceMixin, PromptLearningMixin, TrainingMixin, nn.Module)
         for _, layer in adapter_layers(self.get_base_model()):
             if adapter_name in layer.adapter_names():
                 layer.delete_adapter(adapter_name)
-        if self.peft_config[adapter_name].is_prompt_learning:
-            from ..methods.prompt.setup import remove_prompt_adapter
-
-            remove_prompt_adapter(self, adapter_name)
+        for state in self._injected_states():
+            state.detach(adapter_name)
+        self.base_model.delete_shared_state(adapter_name)
         del self.peft_config[adapter_name]
         del self.plans[adapter_name]
         if self._active_adapter == adapter_name and self.peft_config:
@@ -148,22 +172,34 @@ class PeftModel(PersistenceMixin, PromptLearningMixin, TrainingMixin, nn.Module)
 
     def forward(self, *args, adapter_names: Optional[list[str]] = None, **kwargs):
         """Forward pass; `adapter_names` (one per sample, "__base__" for none) mixes adapters in one batch."""
-        if self._prompt_learning():
-            return self._prompt_call("forward", args, kwargs, adapter_names)
+        state = self._running_state()
+        if state is not None:
+            self._refuse_per_sample(adapter_names)
+            return state.forward_call(args, kwargs)
         with self._per_sample_adapters(adapter_names):
             return self.get_base_model()(*args, **kwargs)
 
     def generate(self, *args, adapter_names: Optional[list[str]] = None, **kwargs):
-        if self._prompt_learning():
-            return self._prompt_call("generate", args, kwargs, adapter_names)
+        state = self._running_state()
+        if state is not None:
+            self._refuse_per_sample(adapter_names)
+            return state.generate_call(args, kwargs)
         with self._per_sample_adapters(adapter_names):
             return self.get_base_model().generate(*args, **kwargs)
+
+    def _refuse_per_sample(self, adapter_names) -> None:
+        if adapter_names is not None:
+            method = self.active_peft_config.peft_type.value
+            raise ConfigError(f"adapter_names (one adapter per sample) is not supported with {method}")
 
     @contextlib.contextmanager
     def _per_sample_adapters(self, adapter_names: Optional[list[str]]):
         if adapter_names is None:
             yield
             return
+        spec = get_method(self.active_peft_config.peft_type)
+        if not spec.mixed_batch:
+            self._refuse_per_sample(adapter_names)
         unknown = sorted(set(adapter_names) - set(self.peft_config) - {BASE_NAME})
         if unknown:
             raise AdapterNameError(f"adapter_names: {unknown} are not adapters of this model; adapters: "
@@ -184,7 +220,19 @@ class PeftModel(PersistenceMixin, PromptLearningMixin, TrainingMixin, nn.Module)
         except AttributeError:
             if name == "base_model":
                 raise
-            return getattr(self.base_model, name)
+            for state in self._injected_states():   # PEFT's names for injected state (prompt_tokens, ...)
+                if name in state.exposed:
+                    return getattr(state, name)
+            try:
+                return getattr(self.base_model, name)
+            except AttributeError:
+                owners = exposed_by(name)
+                if not owners:
+                    raise
+                methods = ", ".join(p.value for p in owners)
+                kinds = ", ".join(sorted({c.peft_type.value for c in self.peft_config.values()})) or "none"
+                raise MethodAttributeError(f"{name} is only for {methods} adapters; this model's adapters are "
+                                           f"{kinds}") from None
 
     # -- counting --------------------------------------------------------------------------------------
     def get_nb_trainable_parameters(self) -> tuple[int, int]:
@@ -209,13 +257,21 @@ class PeftModel(PersistenceMixin, PromptLearningMixin, TrainingMixin, nn.Module)
             self.base_model.enable_adapter_layers()
             self._adapters_disabled = was_disabled
 
+    def _refuse_merge(self, what: str) -> None:
+        for config in self.peft_config.values():
+            spec = get_method(config.peft_type)
+            if not spec.mergeable:
+                raise ConfigError(f"{what}: {config.peft_type.value} cannot be merged: {spec.merge_refusal}")
+
     def merge_and_unload(self, progressbar: bool = False, safe_merge: bool = False,
                          adapter_names: Optional[list[str]] = None) -> nn.Module:
         self._refuse_merge("merge_and_unload")
         return self.base_model.merge_and_unload(progressbar, safe_merge, adapter_names)
 
     def unload(self) -> nn.Module:
-        self._remove_prompt_state()
+        for state in self._injected_states():
+            for name in list(state.keys()):
+                state.detach(name)
         return self.base_model.unload()
 
     def merge_adapter(self, adapter_names: Optional[list[str]] = None, safe_merge: bool = False) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import os
 from typing import Optional
 
-from .. import __version__
+from ..version import __version__
 from ..checkpoint.card import update_model_card
 from ..checkpoint.gather import full_tensors
 from ..checkpoint.io import (adapter_dir, read_config_dict, read_tensors, resolve_adapter_files,
@@ -12,6 +12,7 @@ from ..checkpoint.io import (adapter_dir, read_config_dict, read_tensors, resolv
 from ..checkpoint.state import get_peft_model_state_dict, set_peft_model_state_dict
 from ..config.loading import config_from_dict
 from ..errors import AdapterNameError, ConfigError
+from ..methods.registry import get_method
 from ..naming import validate_adapter_name
 
 _HUB_KEYS = ("revision", "token", "cache_dir", "subfolder", "force_download", "local_files_only")
@@ -62,8 +63,6 @@ class PersistenceMixin:
                         config=None, autocast_adapter_dtype: bool = True, ephemeral_gpu_offload: bool = False,
                         low_cpu_mem_usage: bool = False, **kwargs):
         """Load an adapter (local directory or Hub id) onto `model` and return the PeftModel."""
-        from .tasks import class_for_task
-
         validate_adapter_name(adapter_name)
         hub = {k: kwargs.pop(k) for k in _HUB_KEYS if k in kwargs}
         directory = resolve_adapter_files(model_id, **hub)
@@ -74,7 +73,7 @@ class PersistenceMixin:
         config = config.copy()
         _check_trainable(config, is_trainable)
         config.inference_mode = not is_trainable
-        target_cls = class_for_task(config.task_type) if cls.__name__ == "PeftModel" else cls
+        target_cls = cls.task_classes.get(config.task_type, cls) if cls.__name__ == "PeftModel" else cls
         tensors = read_tensors(directory)  # read and validated before the model changes
         peft_model = target_cls(model, config, adapter_name, _strict_targets=False,
                                 autocast_adapter_dtype=autocast_adapter_dtype)
@@ -108,8 +107,8 @@ class PersistenceMixin:
 
 
 def _check_trainable(config, is_trainable: bool) -> None:
-    """As PEFT: a saved prompt adapter holds the encoder's output, not the encoder, so it loads frozen."""
-    if config.is_prompt_learning and is_trainable:
-        raise ConfigError(f"{config.peft_type.value}: a saved prompt-learning adapter cannot be loaded with "
-                          f"is_trainable=True (it stores the prompt encoder's output, not the encoder); train a "
-                          f"new adapter with get_peft_model instead")
+    """Some methods save what cannot be trained further (prompt learning saves the encoder's output)."""
+    reason = get_method(config.peft_type).frozen_on_load
+    if reason and is_trainable:
+        raise ConfigError(f"{config.peft_type.value}: a saved adapter cannot be loaded with is_trainable=True "
+                          f"({reason}); train a new adapter with get_peft_model instead")

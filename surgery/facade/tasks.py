@@ -1,4 +1,4 @@
-"""The six task classes: one shared implementation, each differing only in data (heads to save, inputs).
+"""The six task classes: one shared implementation, each a row of the task table (surgery/tasks.py).
 
 PEFT keeps a near-copy of forward/generate per task; here a class is a name, a docstring and the heads
 that train in full (modules_to_save), e.g. the classifier for SEQ_CLS.
@@ -9,13 +9,8 @@ from typing import Optional
 
 from ..config.base import PeftConfig
 from ..config.enums import TaskType
-from ..errors import ConfigError
+from ..tasks import TASKS, task_for
 from .peft_model import PeftModel
-
-
-
-def _task_class(name: str, doc: str, heads: tuple[str, ...] = ()):
-    return type(name, (PeftModel,), {"__doc__": doc, "default_modules_to_save": heads, "__module__": __name__})
 
 
 class _ClassifierMixin:
@@ -25,41 +20,26 @@ class _ClassifierMixin:
         return next((name for name in self.default_modules_to_save if hasattr(model, name)), None)
 
 
-PeftModelForSequenceClassification = type(
-    "PeftModelForSequenceClassification", (_ClassifierMixin, PeftModel),
-    {"__doc__": "Peft model for sequence classification tasks.", "__module__": __name__,
-     "default_modules_to_save": ("classifier", "score")})
-PeftModelForTokenClassification = type(
-    "PeftModelForTokenClassification", (_ClassifierMixin, PeftModel),
-    {"__doc__": "Peft model for token classification tasks.", "__module__": __name__,
-     "default_modules_to_save": ("classifier", "score")})
-PeftModelForQuestionAnswering = type(
-    "PeftModelForQuestionAnswering", (_ClassifierMixin, PeftModel),
-    {"__doc__": "Peft model for extractive question answering.", "__module__": __name__,
-     "default_modules_to_save": ("qa_outputs",)})
-PeftModelForCausalLM = _task_class("PeftModelForCausalLM", "Peft model for causal language modeling.")
-PeftModelForSeq2SeqLM = _task_class("PeftModelForSeq2SeqLM", "Peft model for sequence-to-sequence language modeling.")
-PeftModelForFeatureExtraction = _task_class(
-    "PeftModelForFeatureExtraction", "Peft model for extracting features/embeddings from transformer models.")
+def _task_class(task) -> type:
+    bases = (_ClassifierMixin, PeftModel) if task.heads else (PeftModel,)
+    return type(task.class_name, bases, {"__doc__": task.doc, "__module__": __name__,
+                                         "default_modules_to_save": task.heads})
 
-MODEL_TYPE_TO_PEFT_MODEL_MAPPING = {
-    TaskType.SEQ_CLS: PeftModelForSequenceClassification,
-    TaskType.SEQ_2_SEQ_LM: PeftModelForSeq2SeqLM,
-    TaskType.CAUSAL_LM: PeftModelForCausalLM,
-    TaskType.TOKEN_CLS: PeftModelForTokenClassification,
-    TaskType.QUESTION_ANS: PeftModelForQuestionAnswering,
-    TaskType.FEATURE_EXTRACTION: PeftModelForFeatureExtraction,
-}
+
+MODEL_TYPE_TO_PEFT_MODEL_MAPPING = {task_type: _task_class(task) for task_type, task in TASKS.items()}
+PeftModel.task_classes = MODEL_TYPE_TO_PEFT_MODEL_MAPPING   # from_pretrained picks the class by task_type
+
+PeftModelForSequenceClassification = MODEL_TYPE_TO_PEFT_MODEL_MAPPING[TaskType.SEQ_CLS]
+PeftModelForSeq2SeqLM = MODEL_TYPE_TO_PEFT_MODEL_MAPPING[TaskType.SEQ_2_SEQ_LM]
+PeftModelForCausalLM = MODEL_TYPE_TO_PEFT_MODEL_MAPPING[TaskType.CAUSAL_LM]
+PeftModelForTokenClassification = MODEL_TYPE_TO_PEFT_MODEL_MAPPING[TaskType.TOKEN_CLS]
+PeftModelForQuestionAnswering = MODEL_TYPE_TO_PEFT_MODEL_MAPPING[TaskType.QUESTION_ANS]
+PeftModelForFeatureExtraction = MODEL_TYPE_TO_PEFT_MODEL_MAPPING[TaskType.FEATURE_EXTRACTION]
 
 
 def class_for_task(task_type) -> type:
-    if task_type is None:
-        return PeftModel
-    try:
-        return MODEL_TYPE_TO_PEFT_MODEL_MAPPING[TaskType(task_type)]
-    except ValueError:
-        raise ConfigError(f"task_type = {task_type!r} is not valid; valid: "
-                          f"{', '.join(t.value for t in TaskType)}") from None
+    task_for(task_type)   # a clear error for an invalid task type
+    return PeftModel if task_type is None else PeftModel.task_classes[task_for(task_type).task_type]
 
 
 def get_peft_model(model, peft_config: PeftConfig, adapter_name: str = "default", mixed: bool = False,

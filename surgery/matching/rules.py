@@ -1,43 +1,34 @@
-"""Compile a method config into an ordered rule and match it over the module graph.
+"""Compile a config's targeting fields into an ordered rule and match it over the module graph.
 
+The fields are the ones every PEFT tuner config shares (a config may lack some): target_modules,
+exclude_modules, modules_to_save, layers_to_transform, layers_pattern, plus surgery's target_types.
 Precedence (as PEFT): exclude_modules > modules_to_save > target (names | regex | all-linear | types)
 > layers_to_transform. A matched module is not descended into; adapter internals are never visited.
 """
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Optional
 
 import networkx as nx
 from torch import nn
 
 from ..errors import TargetNotFoundError, closest
-from .selectors import AllLinear, Layers, Names, Regex, Types, output_head_names, pattern_key
+from .selectors import AllLinear, Layers, Names, Regex, Types, output_head_names
 
 logger = logging.getLogger(__name__)
 ALL_LINEAR = "all-linear"
 
 
 @dataclass(frozen=True)
-class Match:
-    fqn: str
-    rank: int
-    alpha: float
-
-
-@dataclass(frozen=True)
 class Rule:
-    """One compiled rule: which modules a config adapts, and with which rank and alpha."""
+    """One compiled rule: which modules a config adapts."""
 
     target: Optional[Callable]
     types: Optional[Types]
     excludes: tuple = ()
     layers: Optional[Layers] = None
-    rank: int = 8
-    alpha: float = 8
-    rank_pattern: dict = field(default_factory=dict)
-    alpha_pattern: dict = field(default_factory=dict)
 
     def describe(self) -> str:
         parts = [s.describe() for s in (self.target, self.types, self.layers) if s is not None]
@@ -46,23 +37,25 @@ class Rule:
 
 
 def compile_rule(config, model: nn.Module) -> Rule:
-    """The Rule for a LoRA-family config (target_modules, exclude_modules, layers, patterns, types)."""
-    target = _target_selector(config.target_modules, model, config.task_type)
-    types = Types(tuple(config.target_types)) if getattr(config, "target_types", None) else None
+    """The Rule for a config's targeting fields."""
+    target_modules = getattr(config, "target_modules", None)
+    target = _target_selector(target_modules, model, config.task_type)
+    target_types = getattr(config, "target_types", None)
+    types = Types(tuple(target_types)) if target_types else None
     excludes = []
-    if config.exclude_modules:
+    if getattr(config, "exclude_modules", None):
         excludes.append(_names_or_regex(config.exclude_modules))
-    if config.modules_to_save:
-        excludes.append(Regex("|".join(rf"(?:^|.*\.){m}(?:$|\..*)" for m in config.modules_to_save)))
+    saved = getattr(config, "modules_to_save", None)
+    if saved:
+        excludes.append(Regex("|".join(rf"(?:^|.*\.){m}(?:$|\..*)" for m in saved)))
     layers = None
-    if config.layers_to_transform is not None and not isinstance(config.target_modules, str):
-        indexes = config.layers_to_transform
+    indexes = getattr(config, "layers_to_transform", None)
+    if indexes is not None and not isinstance(target_modules, str):
         indexes = (indexes,) if isinstance(indexes, int) else tuple(indexes)
-        patterns = config.layers_pattern or ()
+        patterns = getattr(config, "layers_pattern", None) or ()
         patterns = (patterns,) if isinstance(patterns, str) else tuple(patterns)
         layers = Layers(indexes, patterns)
-    return Rule(target, types, tuple(excludes), layers, config.r, config.lora_alpha,
-                dict(config.rank_pattern or {}), dict(config.alpha_pattern or {}))
+    return Rule(target, types, tuple(excludes), layers)
 
 
 def _target_selector(target_modules, model: nn.Module, task_type):
@@ -79,13 +72,13 @@ def _names_or_regex(value):
     return Regex(value) if isinstance(value, str) else Names(tuple(value))
 
 
-def match_rule(graph: nx.DiGraph, rule: Rule, *, strict: bool = True) -> list[Match]:
-    """The modules the rule selects, in module order, with resolved rank and alpha.
+def match_rule(graph: nx.DiGraph, rule: Rule, *, strict: bool = True) -> list[str]:
+    """The qualified names of the modules the rule selects, in module order.
 
     strict: every target name must select something (else TargetNotFoundError listing close names);
     non-strict (loading a saved adapter): only an empty overall match is an error.
     """
-    matches: list[Match] = []
+    matches: list[str] = []
     skip_under: Optional[str] = None
     seen_names: set[str] = set()
     for fqn in nx.dfs_preorder_nodes(graph, ""):
@@ -94,12 +87,9 @@ def match_rule(graph: nx.DiGraph, rule: Rule, *, strict: bool = True) -> list[Ma
         skip_under = None
         if not fqn:
             continue
-        node = graph.nodes[fqn]
-        if not _selected(rule, fqn, node, seen_names):
+        if not _selected(rule, fqn, graph.nodes[fqn], seen_names):
             continue
-        rank = rule.rank_pattern.get(pattern_key(rule.rank_pattern, fqn), rule.rank)
-        alpha = rule.alpha_pattern.get(pattern_key(rule.alpha_pattern, fqn), rule.alpha)
-        matches.append(Match(fqn, rank, alpha))
+        matches.append(fqn)
         skip_under = fqn + "."  # a module to be replaced is not descended into
     _check_found(graph, rule, matches, seen_names, strict)
     return matches
@@ -144,12 +134,9 @@ def _check_found(graph, rule: Rule, matches, seen_names, strict: bool) -> None:
             f"{', '.join(leaf_names[:25])}")
 
 
-_LAYER_TYPES = ("Linear", "Conv1D", "Embedding", "Conv1d", "Conv2d", "Conv3d")
-
-
 def _candidate_names(graph) -> list[str]:
-    """Distinct leaf names worth suggesting: those of adaptable layers first, never bare list indexes."""
-    layer_names = {fqn.rpartition(".")[2] for fqn, node in graph.nodes(data=True)
-                   if fqn and any(t in node["type"] for t in _LAYER_TYPES)}
+    """Distinct leaf names worth suggesting: those of modules holding parameters first (the layers a method
+    adapts), never bare list indexes."""
+    layer_names = {fqn.rpartition(".")[2] for fqn, node in graph.nodes(data=True) if fqn and node["params"]}
     other = {fqn.rpartition(".")[2] for fqn in graph.nodes if fqn} - layer_names
     return sorted(n for n in layer_names if not n.isdigit()) + sorted(n for n in other if not n.isdigit())

@@ -14,7 +14,9 @@ from typing import Optional, Sequence
 
 from torch import nn
 
-LINEAR_TYPE_NAMES = ("Linear", "Conv1D")
+from ..graph.kinds import is_linear_like
+from ..graph.walk import is_adapter_layer
+from ..tasks import task_for
 
 
 @dataclass(frozen=True)
@@ -48,9 +50,7 @@ class Types:
     type_names: tuple[str, ...]
 
     def __call__(self, fqn: str, node: dict) -> bool:
-        module = node["module"]
-        base = getattr(module, "base_layer", None) if getattr(module, "_surgery_adapter_layer", False) else None
-        classes = type(base if base is not None else module).__mro__
+        classes = type(_base_of(node["module"])).__mro__
         return any(c.__name__ in self.type_names for c in classes)
 
     def describe(self) -> str:
@@ -62,7 +62,7 @@ class AllLinear:
     excluded: frozenset[str]
 
     def __call__(self, fqn: str, node: dict) -> bool:
-        return fqn not in self.excluded and Types(LINEAR_TYPE_NAMES)(fqn, node) and fqn != ""
+        return fqn != "" and fqn not in self.excluded and is_linear_like(_base_of(node["module"]))
 
     def describe(self) -> str:
         head = ", ".join(sorted(self.excluded)) or "none"
@@ -101,17 +101,26 @@ def pattern_key(patterns: Sequence[str], fqn: str) -> Optional[str]:
     return None
 
 
+def pattern_value(patterns: Optional[dict], fqn: str, default):
+    """The value `patterns` (a rank_pattern / alpha_pattern) gives module `fqn`, else `default`."""
+    patterns = patterns or {}
+    key = pattern_key(patterns, fqn)
+    return default if key is None else patterns[key]
+
+
 def output_head_names(model: nn.Module, task_type) -> frozenset[str]:
     """Modules all-linear must skip: the output embeddings, or a classifier head for SEQ_CLS (as PEFT)."""
     getter = getattr(model, "get_output_embeddings", None)
     head = getter() if callable(getter) else None
     candidates = [head] if head is not None else []
-    if head is None and str(task_type) == "SEQ_CLS":
-        candidates = [getattr(model, n, None) for n in SEQ_CLS_HEAD_NAMES]
+    if head is None:
+        candidates = [getattr(model, n, None) for n in task_for(task_type).output_heads]
         candidates = [c for c in candidates if c is not None][:1]
     if not candidates:
         return frozenset()
     return frozenset(name for name, module in model.named_modules() if any(module is c for c in candidates))
 
 
-SEQ_CLS_HEAD_NAMES = ("score", "classifier")
+def _base_of(module: nn.Module) -> nn.Module:
+    """The module an adapter layer wraps (the module itself when it is not one)."""
+    return module.get_base_layer() if is_adapter_layer(module) else module

@@ -48,6 +48,21 @@ class AdapterLayer(nn.Module):
             if holder is not None:
                 yield container, holder
 
+    def mark_new_adapter(self, adapter_name: str, config) -> None:
+        """After update_layer built an adapter: its parameters train if the config does and the adapter is (or
+        will be, as the first one) active; it becomes active when it is the layer's first. Only the new
+        adapter's flags change here: the model-wide pass (mark_trainable) settles the rest."""
+        trainable = not config.inference_mode and (not self._active_adapters or adapter_name in self._active_adapters)
+        for _, holder in self.adapter_containers():
+            param = holder._parameters.get(adapter_name)       # a ParameterDict entry
+            module = holder._modules.get(adapter_name)          # a ModuleDict entry: its own parameters
+            params = [param] if param is not None else list(module._parameters.values()) if module is not None else []
+            for p in params:
+                if p is not None:
+                    p.requires_grad_(trainable)
+        if not self._active_adapters:
+            self.__dict__["_active_adapters"] = [adapter_name]
+
     # -- PEFT-compatible views -------------------------------------------------------------------------
     def get_base_layer(self) -> nn.Module:
         base = self.base_layer

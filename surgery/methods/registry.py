@@ -1,43 +1,21 @@
-"""The one registry of PEFT methods: peft_type -> MethodSpec.
+"""The one registry of PEFT methods: peft_type -> "package:attribute" of its MethodSpec.
 
-Adding a method means one module exporting a MethodSpec and one line in `_SPECS` below.
+Adding a method is one folder under surgery/methods/ and one line in `_SPECS`. Specs are imported on first
+use; `public_names` gathers what each method package exports (its config class, tuner class, ...).
 """
 from __future__ import annotations
 
 import importlib
-from dataclasses import dataclass, field
-from typing import Callable, Optional
 
 from ..config.enums import PeftType
 from ..errors import ConfigError
+from .spec import MethodSpec
 
-
-@dataclass(frozen=True)
-class MethodSpec:
-    """What the rule engine needs to know about one method."""
-
-    peft_type: PeftType
-    config_cls: type
-    # (module, config, fqn) -> wrapper class or None when the method cannot wrap that module type.
-    wrapper_for: Optional[Callable] = None
-    # parameters added by one rewrite: (base module, rank, config) -> int
-    added_params: Optional[Callable] = None
-    # default target module names per transformers model_type
-    default_targets: dict = field(default_factory=dict)
-    is_prompt_learning: bool = False
-    # Methods that inject state instead of wrapping modules plan themselves: (model, config, adapter) -> Plan.
-    planner: Optional[Callable] = None
-    # Methods whose checkpoint is not their layers' tensors (prompt learning):
-    # (peft_model, adapter_name) -> {checkpoint key: (tensor to save, tensor to load into)}.
-    state_entries: Optional[Callable] = None
-
-
-# peft_type -> "module:attribute" of its MethodSpec, imported on first use (keeps `import surgery` fast).
 _SPECS = {
-    PeftType.LORA: "surgery.methods.lora.spec:LORA",
-    PeftType.PROMPT_TUNING: "surgery.methods.prompt.spec:PROMPT_TUNING",
-    PeftType.P_TUNING: "surgery.methods.prompt.spec:P_TUNING",
-    PeftType.PREFIX_TUNING: "surgery.methods.prompt.spec:PREFIX_TUNING",
+    PeftType.LORA: "surgery.methods.lora:SPEC",
+    PeftType.PROMPT_TUNING: "surgery.methods.prompt:PROMPT_TUNING",
+    PeftType.P_TUNING: "surgery.methods.prompt:P_TUNING",
+    PeftType.PREFIX_TUNING: "surgery.methods.prompt:PREFIX_TUNING",
 }
 
 
@@ -45,15 +23,31 @@ def get_method(peft_type) -> MethodSpec:
     try:
         key = PeftType(peft_type)
     except ValueError:
-        valid = ", ".join(p.value for p in _SPECS)
-        raise ConfigError(f"peft_type = {peft_type!r} does not exist; surgery implements: {valid}") from None
+        raise ConfigError(f"peft_type = {peft_type!r} does not exist; surgery implements: {_implemented()}") from None
     if key not in _SPECS:
-        valid = ", ".join(p.value for p in _SPECS)
         raise ConfigError(f"peft_type = {key.value!r} is a PEFT method surgery does not implement yet; "
-                          f"implemented: {valid}")
+                          f"implemented: {_implemented()}")
     module_name, attr = _SPECS[key].split(":")
     return getattr(importlib.import_module(module_name), attr)
 
 
 def implemented_types() -> list[PeftType]:
     return list(_SPECS)
+
+
+def exposed_by(attribute: str) -> list[PeftType]:
+    """The methods whose injected state gives a PeftModel this attribute (e.g. get_prompt: prompt learning)."""
+    return [t for t in _SPECS if get_method(t).injector is not None and attribute in get_method(t).injector.exposed]
+
+
+def public_names() -> dict[str, object]:
+    """{name: object} of everything the method packages export (their `__all__`), for surgery's namespace."""
+    out: dict[str, object] = {}
+    for target in dict.fromkeys(v.split(":")[0] for v in _SPECS.values()):
+        module = importlib.import_module(target)
+        out.update({name: getattr(module, name) for name in module.__all__})
+    return out
+
+
+def _implemented() -> str:
+    return ", ".join(p.value for p in _SPECS)

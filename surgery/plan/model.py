@@ -5,6 +5,8 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Any, Optional
 
+from .table import render
+
 
 @dataclass(frozen=True)
 class Rewrite:
@@ -15,14 +17,13 @@ class Rewrite:
     base_shape: tuple
     method: str
     adapter_name: str
-    rank: int
-    alpha: float
-    scaling: float
-    added_params: int
-    layer_class: str
+    layer_class: str              # qualified name of the adapter layer class (one of the method's handlers)
     action: str = "wrap"          # "wrap" a plain module, or "add" an adapter to an adapter layer
-    fan_in_fan_out: bool = False
-    use_dora: bool = False
+    added_params: int = 0
+    params: dict = field(default_factory=dict)   # the method's per-module parameters (r, lora_alpha, ...)
+
+    def __getitem__(self, key: str):
+        return self.params[key]
 
 
 @dataclass(frozen=True)
@@ -58,6 +59,8 @@ class Plan:
     warnings: list[str] = field(default_factory=list)
     applied: bool = False
     injections: list[Injection] = field(default_factory=list)
+    columns: list = field(default_factory=list)   # audit table: [header, params key] per method column
+    flags: list = field(default_factory=list)     # [label, params key]: shown after the method name when true
 
     # -- totals (PEFT's print_trainable_parameters figures after the rewrite) ---------------------------
     @property
@@ -105,8 +108,6 @@ class Plan:
 
     def table(self, fmt: str = "table", summary: bool = False) -> str:
         """The audit table (fmt: table, markdown or json); summary folds repeated per-layer rows into one."""
-        from .table import render
-
         return render(self, fmt, summary)
 
     def __str__(self) -> str:

@@ -9,12 +9,12 @@ import re
 
 from tabulate import tabulate
 
+from ..errors import ConfigError
+
 FORMATS = {"table": "simple", "markdown": "github"}
 
 
 def render(plan, fmt: str = "table", summary: bool = False) -> str:
-    from ..errors import ConfigError
-
     if fmt == "json":
         if summary:
             raise ConfigError("summary = True applies to the table and markdown formats; json always lists "
@@ -22,13 +22,15 @@ def render(plan, fmt: str = "table", summary: bool = False) -> str:
         return plan.to_json()
     if fmt not in FORMATS:
         raise ConfigError(f"format = {fmt!r} is not valid; valid: table, markdown, json")
-    rows = [(r.path, r.base_type, "x".join(map(str, r.base_shape)), _method(r), r.rank, _num(r.alpha),
-             _num(r.scaling), f"{r.added_params:,d}") for r in plan.rewrites]
-    rows += [(m.path, m.base_type, "", "full copy (modules_to_save)", "", "", "", f"{m.params:,d}")
+    keys = [key for _, key in plan.columns]
+    blank = ("",) * len(keys)
+    rows = [(r.path, r.base_type, "x".join(map(str, r.base_shape)), _method(r, plan.flags),
+             *(_num(r.params.get(k, "")) for k in keys), f"{r.added_params:,d}") for r in plan.rewrites]
+    rows += [(m.path, m.base_type, "", "full copy (modules_to_save)", *blank, f"{m.params:,d}")
              for m in plan.modules_to_save]
-    rows += [(i.path, "injected", "x".join(map(str, i.shape)), i.kind, "", "", "", f"{i.params:,d}")
+    rows += [(i.path, "injected", "x".join(map(str, i.shape)), i.kind, *blank, f"{i.params:,d}")
              for i in plan.injections]
-    headers = ("module", "type", "shape", "method", "r", "alpha", "scaling", "added params")
+    headers = ("module", "type", "shape", "method", *(header for header, _ in plan.columns), "added params")
     if summary:
         rows, headers = _grouped(rows), ("modules", "count", "layers") + headers[1:-1] + ("added each", "added")
     lines = [f"plan for adapter {plan.adapter_name!r}: {plan.peft_type}"
@@ -40,8 +42,8 @@ def render(plan, fmt: str = "table", summary: bool = False) -> str:
     return "\n".join(line for line in lines if line)
 
 
-def _method(rewrite) -> str:
-    extras = [x for x, on in (("DoRA", rewrite.use_dora), ("fan_in_fan_out", rewrite.fan_in_fan_out)) if on]
+def _method(rewrite, flags) -> str:
+    extras = [label for label, key in flags if rewrite.params.get(key)]
     name = rewrite.method if rewrite.action == "wrap" else f"{rewrite.method} (+adapter)"
     return name + (f" [{', '.join(extras)}]" if extras else "")
 

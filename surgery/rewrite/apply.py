@@ -1,7 +1,13 @@
-"""Apply a Plan: build every new layer first, then swap them in, so a failure changes nothing."""
+"""Apply a Plan: build every new layer first, then swap them in, so a failure changes nothing.
+
+Method-blind: the plan names each layer class (one of its method's handlers) and the parameters of each
+adapter; a layer is built as `LayerClass(base)` and given its adapter with
+`layer.update_layer(adapter_name, config, **params)`.
+"""
 from __future__ import annotations
 
 import logging
+from typing import Optional
 
 from torch import nn
 
@@ -30,27 +36,33 @@ def _child(parent: nn.Module, attr: str) -> nn.Module:
     return child if child is not None else parent.get_submodule(attr)
 
 
-def apply_plan(model: nn.Module, plan: Plan, config, active: list[str] | None = None) -> Plan:
+def apply_plan(model: nn.Module, plan: Plan, config, active: Optional[list[str]] = None,
+               holder: Optional[nn.Module] = None) -> Plan:
     """Rewrite `model` as `plan` says (config: the resolved method config). Returns the plan, applied.
 
-    active: the adapters active afterwards (default: the new one).
+    active: the adapters active afterwards (default: the new one). holder: where the adapter's shared state
+    is kept (the tuner, PeftModel.base_model), for methods that have one.
     """
     spec = get_method(plan.peft_type)
     name = plan.adapter_name
     built: list[tuple[nn.Module, str, nn.Module]] = []   # (parent, attr, new layer)
     extended: list[nn.Module] = []                        # existing adapter layers given one more adapter
+    shared = None
     try:
+        extra = {}
+        if spec.shared_state is not None:
+            shared = spec.shared_state(model, plan, config)
+            extra["shared"] = shared.tensors
         for rw in plan.rewrites:
             parent, attr = parent_and_attr(model, rw.path)
             module = _child(parent, attr)
-            layer_cls = spec.wrapper_for(module, config, rw.path)
             if rw.action == "add":
-                module.update_layer(name, rw.rank, rw.alpha, config)
+                module.update_layer(name, config, **rw.params, **extra)
                 extended.append(module)
                 continue
-            layer = layer_cls(module, fan_in_fan_out=rw.fan_in_fan_out)
+            layer = spec.layer_class(rw.layer_class)(module)
             layer.__dict__["_surgery_fqn"] = rw.path
-            layer.update_layer(name, rw.rank, rw.alpha, config)
+            layer.update_layer(name, config, **rw.params, **extra)
             built.append((parent, attr, layer))
         saved = []
         for entry in plan.modules_to_save:
@@ -71,6 +83,8 @@ def apply_plan(model: nn.Module, plan: Plan, config, active: list[str] | None = 
     for parent, attr, wrapper, original in saved:
         if wrapper is not original:
             setattr(parent, attr, wrapper)
+    if shared is not None and holder is not None:
+        holder.add_shared_state(name, shared)
     mark_trainable(model, config, active or [name], [rw.path for rw in plan.rewrites])
     plan.applied = True
     return plan

@@ -1,4 +1,5 @@
-"""Which parameters train: the active adapter's, modules_to_save copies, and biases per `bias` mode."""
+"""Which parameters train: the active adapter's, modules_to_save copies, and biases per `bias` mode
+("none", "all", or "<method>_only" for the targeted layers' biases, e.g. "lora_only")."""
 from __future__ import annotations
 
 from torch import nn
@@ -27,7 +28,7 @@ def mark_trainable(model: nn.Module, config, active: list[str], paths: list[str]
         layer.set_adapter(active, trainable=trainable)
     if not trainable:
         return
-    mode = getattr(config, "bias", "none")
+    mode = getattr(config, "bias", "none") or "none"
     if mode == "all":
         for n, p in model.named_parameters():
             if n == "bias" or n.endswith(".bias"):
@@ -35,7 +36,7 @@ def mark_trainable(model: nn.Module, config, active: list[str], paths: list[str]
         for layer in layers:  # as PEFT: the original of a modules_to_save copy stays frozen
             if getattr(layer, "_surgery_modules_to_save", False):
                 layer.original_module.requires_grad_(False)
-    elif mode == "lora_only":
+    elif mode.endswith("_only"):   # "<method>_only": the targeted layers' own biases (PEFT's rule)
         for path in paths:
             base = model.get_submodule(path).get_base_layer()
             if getattr(base, "bias", None) is not None:

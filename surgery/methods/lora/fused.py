@@ -27,13 +27,13 @@ import torch
 from torch import nn
 from torch.nn.modules import module as _module_globals
 
+from ...graph.kinds import is_conv1d
 from .layer import _NO_DROPOUT
 
 
 def _plain_base(base: nn.Module) -> bool:
     """A base whose forward is exactly x W^T + b, with nothing hooked on it."""
-    kind = type(base)
-    if kind is not nn.Linear and not (kind.__name__ == "Conv1D" and hasattr(base, "nf")):
+    if type(base) is not nn.Linear and not is_conv1d(base):
         return False
     return not (base._forward_hooks or base._forward_pre_hooks or "forward" in base.__dict__)
 

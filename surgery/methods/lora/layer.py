@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from ...errors import MergeError
+from ...graph.kinds import is_conv1d
 from ..base_layer import AdapterLayer, lazy_container
 from .dora import DoraMagnitude
 from .init import init_linear_like
@@ -47,8 +48,9 @@ class LoraLayer(AdapterLayer):
     lora_embedding_B = lazy_container("lora_embedding_B", nn.ParameterDict)
     lora_magnitude_vector = lazy_container("lora_magnitude_vector", nn.ModuleDict)
 
-    def __init__(self, base_layer: nn.Module, fan_in_fan_out: bool = False):
+    def __init__(self, base_layer: nn.Module):
         super().__init__(base_layer)
+        fan_in_fan_out = is_conv1d(self.get_base_layer())   # Conv1D stores (in, out): PEFT's fan_in_fan_out
         modules = self._modules   # direct writes, as in AdapterLayer.__init__
         modules["lora_A"], modules["lora_B"], modules["lora_dropout"] = nn.ModuleDict(), nn.ModuleDict(), nn.ModuleDict()
         self.lora_A: nn.ModuleDict
@@ -61,28 +63,22 @@ class LoraLayer(AdapterLayer):
         self.use_dora: dict[str, bool]
 
     # -- adding an adapter -----------------------------------------------------------------------------
-    def update_layer(self, adapter_name: str, r: int, lora_alpha: float, config) -> None:
-        """Add (or replace) adapter `adapter_name` with rank r on this layer."""
+    def update_layer(self, adapter_name: str, config, r: int, lora_alpha: float, scaling: Optional[float] = None,
+                     use_dora: Optional[bool] = None) -> None:
+        """Add (or replace) adapter `adapter_name` with rank r on this layer, as the plan says (scaling and
+        use_dora default to what the config gives: alpha / r or alpha / sqrt(r), config.use_dora)."""
         self.r[adapter_name] = r
         self.lora_alpha[adapter_name] = lora_alpha
-        self.scaling[adapter_name] = lora_alpha / math.sqrt(r) if config.use_rslora else lora_alpha / r
+        if scaling is None:
+            scaling = lora_alpha / math.sqrt(r) if config.use_rslora else lora_alpha / r
+        self.scaling[adapter_name] = scaling
         dropout = nn.Dropout(p=config.lora_dropout) if config.lora_dropout > 0 else _NO_DROPOUT
         self.lora_dropout._modules[adapter_name] = dropout  # the name was validated by the planner
         self._new_factors(adapter_name, r, config)
-        self.use_dora[adapter_name] = bool(config.use_dora)
-        if config.use_dora:
+        self.use_dora[adapter_name] = bool(config.use_dora if use_dora is None else use_dora)
+        if self.use_dora[adapter_name]:
             self.lora_magnitude_vector[adapter_name] = DoraMagnitude.for_layer(self, adapter_name)
-        # Only the new adapter's flags change here; the model-wide pass (mark_trainable) settles the rest.
-        trainable = not config.inference_mode and (not self._active_adapters or adapter_name in self._active_adapters)
-        for _, holder in self.adapter_containers():
-            param = holder._parameters.get(adapter_name)       # ParameterDict (embedding factors)
-            module = holder._modules.get(adapter_name)          # ModuleDict (lora_A/B, DoRA magnitude)
-            params = [param] if param is not None else list(module._parameters.values()) if module is not None else []
-            for p in params:
-                if p is not None:
-                    p.requires_grad_(trainable)
-        if not self._active_adapters:
-            self.__dict__["_active_adapters"] = [adapter_name]
+        self.mark_new_adapter(adapter_name, config)
 
     def _new_factors(self, adapter_name: str, r: int, config) -> None:
         """Create lora_A/lora_B for nn.Linear-shaped layers; conv and embedding layers override."""

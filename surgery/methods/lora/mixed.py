@@ -14,7 +14,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-BASE_NAME = "__base__"
+from ...errors import SurgeryError
+from ...naming import BASE_NAME
 
 
 def _versions(layer, names) -> tuple:
@@ -63,8 +64,6 @@ def _stackable(layer, batch_adapters) -> bool:
 
 def mixed_adapter_output(layer, x: torch.Tensor, result: torch.Tensor, batch_adapters: tuple[str, ...]):
     if x.shape[0] != len(batch_adapters):
-        from ...errors import SurgeryError
-
         raise SurgeryError(f"adapter_names has {len(batch_adapters)} entries but the batch has {x.shape[0]} "
                            f"samples; give one adapter name (or {BASE_NAME!r}) per sample")
     if _stackable(layer, batch_adapters):

@@ -1,19 +1,23 @@
-"""LoRA's entry in the method registry: which layer class wraps which module type, and what it adds."""
+"""LoRA's registry entry: which layer class wraps which base type, each rewrite's parameters, and its cost.
+
+Per matched module the plan records r and lora_alpha (rank_pattern / alpha_pattern applied), the scaling
+(alpha / r, or alpha / sqrt(r) with rsLoRA) and whether DoRA is on; the layer is built from exactly these.
+"""
 from __future__ import annotations
 
-from typing import Optional
+import math
 
 from torch import nn
 
 from ...config.enums import PeftType
-from ...config.lora import LoraConfig
-from ...errors import PlanError
-from ..registry import MethodSpec
+from ...graph.kinds import in_out_features, is_conv, is_conv1d, is_linear_like, weight_shape
+from ...matching.selectors import pattern_value
+from ..spec import Handler, MethodSpec, RewriteSite
+from .config import LoraConfig
 from .conv import Conv
 from .embedding import Embedding
 from .linear import Linear
-
-SUPPORTED = "torch.nn.Linear, torch.nn.Embedding, torch.nn.Conv1d/2d/3d, transformers.pytorch_utils.Conv1D"
+from .model import LoraModel
 
 # PEFT's defaults when target_modules is not given (by transformers model_type).
 DEFAULT_TARGETS = {
@@ -27,69 +31,66 @@ DEFAULT_TARGETS = {
 }
 
 
-def base_kind(module: nn.Module) -> Optional[str]:
-    """'linear', 'conv1d_gpt2', 'embedding', 'conv' or None for a module LoRA cannot wrap."""
-    if getattr(module, "_surgery_adapter_layer", False):
-        return base_kind(module.get_base_layer())
-    if isinstance(module, nn.Linear):
-        return "linear"
-    if type(module).__name__ == "Conv1D" and hasattr(module, "nf"):
-        return "conv1d_gpt2"
-    if isinstance(module, nn.Embedding):
-        return "embedding"
-    if isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
-        return "conv"
+def _no_dora(base: nn.Module, config, fqn: str):
+    if config.use_dora:
+        return (f"use_dora=True on {fqn!r} ({type(base).__name__}): surgery implements DoRA for Linear and Conv1D "
+                f"layers only; exclude it with exclude_modules or set use_dora=False")
     return None
 
 
-def wrapper_for(module: nn.Module, config: LoraConfig, fqn: str) -> type:
-    """The LoRA layer class for this module, or a PlanError that says why not."""
-    kind = base_kind(module)
-    if kind is None:
-        raise PlanError(f"target module {fqn!r} is a {type(module).__name__}, which LoRA cannot wrap; "
-                        f"supported: {SUPPORTED}. Narrow target_modules to the leaf layers.")
-    if config.use_dora and kind in ("embedding", "conv"):
-        raise PlanError(f"use_dora=True on {fqn!r} ({type(module).__name__}): surgery implements DoRA for "
-                        f"Linear and Conv1D layers only; exclude it with exclude_modules or set use_dora=False")
-    if kind == "conv" and module.groups != 1:
-        raise PlanError(f"target module {fqn!r} is a grouped convolution (groups={module.groups}); "
-                        f"LoRA supports groups=1 only")
-    return {"linear": Linear, "conv1d_gpt2": Linear, "embedding": Embedding, "conv": Conv}[kind]
+def _conv_refuses(base: nn.Module, config, fqn: str):
+    if base.groups != 1:
+        return f"target module {fqn!r} is a grouped convolution (groups={base.groups}); LoRA supports groups=1 only"
+    return _no_dora(base, config, fqn)
 
 
-def fan_in_fan_out_for(module: nn.Module, config: LoraConfig) -> bool:
-    """Conv1D stores (in, out) and always needs fan_in_fan_out (PEFT warns and sets it); Linear never."""
-    kind = base_kind(module)
-    return kind == "conv1d_gpt2" or (kind == "linear" and False)
+HANDLERS = (
+    Handler(is_linear_like, Linear, "torch.nn.Linear, transformers.pytorch_utils.Conv1D"),
+    Handler(lambda m: isinstance(m, nn.Embedding), Embedding, "torch.nn.Embedding", refuses=_no_dora),
+    Handler(is_conv, Conv, "torch.nn.Conv1d/2d/3d", refuses=_conv_refuses),
+)
 
 
-def added_params(module: nn.Module, r: int, config: LoraConfig) -> int:
-    """How many parameters one LoRA adapter of rank r adds to this module."""
-    base = module.get_base_layer() if getattr(module, "_surgery_adapter_layer", False) else module
-    kind = base_kind(base)
-    shape = tuple(base.weight.shape)
-    if kind == "embedding":
-        return r * (shape[0] + shape[1])
-    if kind == "conv":
-        kernel = 1
-        for k in shape[2:]:
-            kernel *= k
-        out_c, in_c = shape[0], shape[1]
-        total = r * in_c * kernel + out_c * r
+def rewrite_params(site: RewriteSite) -> dict:
+    config = site.config
+    r = pattern_value(config.rank_pattern, site.fqn, config.r)
+    alpha = pattern_value(config.alpha_pattern, site.fqn, config.lora_alpha)
+    if is_conv1d(site.base) and not config.fan_in_fan_out:
+        site.note("transformers Conv1D layers store weights (in, out): fan_in_fan_out is set to True for them, "
+                  "as PEFT does")
+    if isinstance(site.base, nn.Linear) and config.fan_in_fan_out:
+        site.note("fan_in_fan_out=True but the targets are torch Linear layers: using False for them")
+    scaling = alpha / math.sqrt(r) if config.use_rslora else alpha / r
+    return {"r": r, "lora_alpha": alpha, "scaling": scaling, "use_dora": bool(config.use_dora)}
+
+
+def added_params(base: nn.Module, params: dict, config: LoraConfig) -> int:
+    """Parameters one LoRA adapter of rank r adds: A and B, plus DoRA's magnitude and lora_bias's bias."""
+    r = params["r"]
+    in_f, out_f = in_out_features(base)
+    if isinstance(base, nn.Embedding):
+        return r * (in_f + out_f)
+    if is_conv(base):
+        kernel = math.prod(weight_shape(base)[2:])
+        total = r * in_f * kernel + out_f * r
     else:
-        out_f, in_f = (shape[1], shape[0]) if kind == "conv1d_gpt2" else shape[:2]
-        total = r * (in_f + out_f)
-        if config.use_dora:
-            total += out_f
-    if config.lora_bias:
-        total += shape[0] if kind != "conv1d_gpt2" else shape[1]
-    return total
+        total = r * (in_f + out_f) + (out_f if params["use_dora"] else 0)
+    return total + (out_f if config.lora_bias else 0)
 
 
-LORA = MethodSpec(
+SPEC = MethodSpec(
     peft_type=PeftType.LORA,
     config_cls=LoraConfig,
-    wrapper_for=wrapper_for,
+    tuner_cls=LoraModel,
+    name="LoRA",
+    handlers=HANDLERS,
+    rewrite_params=rewrite_params,
     added_params=added_params,
+    columns=(("r", "r"), ("alpha", "lora_alpha"), ("scaling", "scaling")),
+    flags=(("DoRA", "use_dora"),),
     default_targets=DEFAULT_TARGETS,
+    mixed_batch=True,
+    collapsed_keys=("lora_magnitude_vector",),
+    checkpoint_rank=lambda tensors: next((t.shape[0] for k, t in tensors.items()
+                                          if k in ("lora_A", "lora_embedding_A")), ""),
 )

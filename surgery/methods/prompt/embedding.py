@@ -15,7 +15,7 @@ from typing import Callable, Optional
 import torch
 from torch import nn
 
-from ...config.prompt import PromptTuningInit
+from .config import PromptTuningInit
 from ...errors import ConfigError
 
 

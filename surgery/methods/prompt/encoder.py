@@ -14,7 +14,7 @@ import logging
 import torch
 from torch import nn
 
-from ...config.prompt import PromptEncoderReparameterizationType as Reparam
+from .config import PromptEncoderReparameterizationType as Reparam
 
 logger = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """THE prompt-learning forward and generate, shared by every task class (PEFT keeps three near-copies).
 
-What differs between tasks is data (TaskRule below), not code:
+What differs between tasks is data (the task table, surgery/tasks.py), not code:
 
   route       forward                                               generate
   embeddings  inputs_embeds = [prompts; embed(input_ids)],          decoders: the first step of each
@@ -20,99 +20,86 @@ import contextlib
 import functools
 import inspect
 import logging
-from dataclasses import dataclass
 
 import torch
 
-from ...config.enums import PeftType, TaskType
+from ...config.enums import PeftType
 from ...errors import ConfigError, SurgeryError
+from ...tasks import NO_TASK, Task, task_for
 from .plan import ATTENTION, CACHE, CACHE_ARGS, EMBEDDINGS
 from .prefix import layer_states
 
 logger = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class TaskRule:
-    pad_labels: bool = False           # token-level labels get -100 for the prepended virtual tokens
-    token_type_ids: str = "drop"       # "pad" with zeros for prepended tokens, or "drop" (PEFT's per-task choice)
-    shift: tuple[str, ...] = ()        # token indexes that move right with the prepended tokens
-
-
-RULES = {
-    TaskType.CAUSAL_LM: TaskRule(pad_labels=True),
-    TaskType.TOKEN_CLS: TaskRule(pad_labels=True, token_type_ids="pad"),
-    TaskType.SEQ_CLS: TaskRule(token_type_ids="pad"),
-    TaskType.QUESTION_ANS: TaskRule(token_type_ids="pad", shift=("start_positions", "end_positions")),
-}
-DEFAULT_RULE = TaskRule()   # FEATURE_EXTRACTION, SEQ_2_SEQ_LM (encoder side), no task
+DEFAULT_RULE = NO_TASK   # how the encoder side of an encoder-decoder takes the prompts in generate()
 
 
 # -- the prompt states ---------------------------------------------------------------------------------
-def _encoder_output(peft_model, name: str, count: int) -> torch.Tensor:
+def _encoder_output(state, name: str, count: int) -> torch.Tensor:
     """(count, width): the encoder's output for virtual tokens 0..count-1 (the stored values when frozen)."""
-    config, encoder = peft_model.peft_config[name], peft_model.prompt_encoder[name]
+    config, encoder = state.host.peft_config[name], state[name]
     if config.inference_mode:
         return encoder.embedding.weight[:count]
-    tokens = peft_model.prompt_tokens[name][:count].to(encoder.embedding.weight.device)
+    tokens = state.prompt_tokens[name][:count].to(encoder.embedding.weight.device)
     return encoder(tokens.unsqueeze(0))[0]
 
 
-def prompt_embeddings(peft_model, name: str, batch_size: int) -> torch.Tensor:
+def prompt_embeddings(state, name: str, batch_size: int) -> torch.Tensor:
     """(batch, total_virtual_tokens, token_dim) virtual-token embeddings (prompt tuning, P-tuning)."""
-    config = peft_model.peft_config[name]
-    return _encoder_output(peft_model, name, config.total_virtual_tokens).unsqueeze(0).expand(batch_size, -1, -1)
+    config = state.host.peft_config[name]
+    return _encoder_output(state, name, config.total_virtual_tokens).unsqueeze(0).expand(batch_size, -1, -1)
 
 
-def prefix_layers(peft_model, name: str, batch_size: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+def prefix_layers(state, name: str, batch_size: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """Per layer (key, value), each (batch, heads, num_virtual_tokens, head_dim) (prefix tuning)."""
-    config = peft_model.peft_config[name]
-    flat = _encoder_output(peft_model, name, config.num_virtual_tokens).unsqueeze(0)
-    dtype = getattr(peft_model.get_base_model(), "dtype", None)
+    config = state.host.peft_config[name]
+    flat = _encoder_output(state, name, config.num_virtual_tokens).unsqueeze(0)
+    dtype = getattr(state.host.get_base_model(), "dtype", None)
     return layer_states(flat.to(dtype) if dtype is not None else flat, config, batch_size)
 
 
-def prefix_cache(peft_model, name: str, batch_size: int):
+def prefix_cache(state, name: str, batch_size: int):
     """The prefix as a transformers Cache (an EncoderDecoderCache with an empty cross-attention part for
     encoder-decoders, whose cross-attention must see the new encoder output)."""
     from transformers import DynamicCache, EncoderDecoderCache
 
-    cache = DynamicCache(prefix_layers(peft_model, name, batch_size))
-    if peft_model._prompt_sites[name].encoder_decoder:
+    cache = DynamicCache(prefix_layers(state, name, batch_size))
+    if state.sites[name].encoder_decoder:
         return EncoderDecoderCache(cache, DynamicCache())
     return cache
 
 
-def get_prompt(peft_model, batch_size: int, task_ids=None, max_cache_len=None):
+def get_prompt(state, batch_size: int, task_ids=None, max_cache_len=None):
     """PEFT's get_prompt: the prompts (batch, tokens, dim), or for prefix tuning the prefix as a Cache."""
-    name = peft_model.active_adapter
+    name = state.host.active_adapter
     _no_task_ids(task_ids)
-    if peft_model.peft_config[name].peft_type == PeftType.PREFIX_TUNING:
-        return prefix_cache(peft_model, name, batch_size)
-    return prompt_embeddings(peft_model, name, batch_size)
+    if state.host.peft_config[name].peft_type == PeftType.PREFIX_TUNING:
+        return prefix_cache(state, name, batch_size)
+    return prompt_embeddings(state, name, batch_size)
 
 
-def get_prompt_embedding_to_save(peft_model, adapter_name: str) -> torch.Tensor:
+def get_prompt_embedding_to_save(state, adapter_name: str) -> torch.Tensor:
     """The encoder's output over all virtual tokens (what PEFT saves as `prompt_embeddings`)."""
-    config = peft_model.peft_config[adapter_name]
+    config = state.host.peft_config[adapter_name]
     count = config.num_virtual_tokens if config.peft_type == PeftType.PREFIX_TUNING else config.total_virtual_tokens
     with torch.no_grad():
-        tokens = peft_model.prompt_tokens[adapter_name][:count]
-        encoder = peft_model.prompt_encoder[adapter_name]
+        tokens = state.prompt_tokens[adapter_name][:count]
+        encoder = state[adapter_name]
         return encoder(tokens.to(encoder.embedding.weight.device).unsqueeze(0))[0].detach().cpu()
 
 
 # -- forward -------------------------------------------------------------------------------------------
-def forward(peft_model, args: tuple, kwargs: dict):
-    model = peft_model.get_base_model()
-    name = peft_model.active_adapter
-    config, site = peft_model.peft_config[name], peft_model._prompt_sites[name]
+def forward(state, args: tuple, kwargs: dict):
+    model = state.host.get_base_model()
+    name = state.host.active_adapter
+    config, site = state.host.peft_config[name], state.sites[name]
     kwargs = _bind(model, args, kwargs)
     _no_task_ids(kwargs.pop("task_ids", None))
     batch, length = _batch_and_length(kwargs)
     _check_positions(site, length)
     if site.route == EMBEDDINGS:
-        return model(**_prepend(peft_model, name, kwargs, RULES.get(config.task_type, DEFAULT_RULE)))
+        return model(**_prepend(state, name, kwargs, task_for(config.task_type)))
     if site.route == CACHE:
         if kwargs.get(site.cache_arg) is not None:
             raise ConfigError(f"prefix tuning supplies the model's KV cache ({site.cache_arg}); do not pass one. "
@@ -122,18 +109,18 @@ def forward(peft_model, args: tuple, kwargs: dict):
         kwargs[mask_key] = _ones_before(kwargs.get(mask_key), p)
         if kwargs.get("position_ids") is not None:
             kwargs["position_ids"] = kwargs["position_ids"] + p   # the user's tokens sit after the prefix
-        kwargs[site.cache_arg] = prefix_cache(peft_model, name, batch)
+        kwargs[site.cache_arg] = prefix_cache(state, name, batch)
         return model(**kwargs)
-    with peft_model._prefix_slots[name].armed(prefix_layers(peft_model, name, batch)):
+    with state.slots[name].armed(prefix_layers(state, name, batch)):
         return model(**kwargs)
 
 
-def _prepend(peft_model, name: str, kwargs: dict, rule: TaskRule) -> dict:
+def _prepend(state, name: str, kwargs: dict, rule: Task) -> dict:
     """The inputs with the virtual tokens in front (on the encoder side of an encoder-decoder)."""
-    config, site = peft_model.peft_config[name], peft_model._prompt_sites[name]
+    config, site = state.host.peft_config[name], state.sites[name]
     ids, embeds = kwargs.pop("input_ids", None), kwargs.pop("inputs_embeds", None)
-    embeds = peft_model.word_embeddings(ids) if embeds is None else embeds
-    prompts = prompt_embeddings(peft_model, name, embeds.shape[0]).to(embeds.dtype)
+    embeds = state.word_embeddings(ids) if embeds is None else embeds
+    prompts = prompt_embeddings(state, name, embeds.shape[0]).to(embeds.dtype)
     if site.encoder_decoder:
         prompts = prompts[:, : config.num_virtual_tokens]   # PEFT: the encoder gets the first P tokens
     count = prompts.shape[1]
@@ -158,10 +145,10 @@ def _prepend(peft_model, name: str, kwargs: dict, rule: TaskRule) -> dict:
 
 
 # -- generate ------------------------------------------------------------------------------------------
-def generate(peft_model, args: tuple, kwargs: dict):
-    model = peft_model.get_base_model()
-    name = peft_model.active_adapter
-    site = peft_model._prompt_sites[name]
+def generate(state, args: tuple, kwargs: dict):
+    model = state.host.get_base_model()
+    name = state.host.active_adapter
+    site = state.sites[name]
     if args:
         kwargs = {"input_ids": args[0], **kwargs} if len(args) == 1 else _bind(model, args, kwargs)
     _no_task_ids(kwargs.pop("task_ids", None))
@@ -172,17 +159,17 @@ def generate(peft_model, args: tuple, kwargs: dict):
         # the encoder runs once, inside generate: it gets the prompts up front
         if kwargs.pop("encoder_outputs", None) is not None:
             logger.warning("encoder_outputs is ignored by generate() with prompt learning (the prompts change them)")
-        kwargs = _prepend(peft_model, name, dict(kwargs), DEFAULT_RULE)
+        kwargs = _prepend(state, name, dict(kwargs), DEFAULT_RULE)
         return model.generate(**kwargs)
-    with _patched_prepare(model, functools.partial(_step, peft_model, name)):
+    with _patched_prepare(model, functools.partial(_step, state, name)):
         return model.generate(**kwargs)
 
 
-def _step(peft_model, name: str, original, *args, **kwargs) -> dict:
+def _step(state, name: str, original, *args, **kwargs) -> dict:
     """prepare_inputs_for_generation + the prompt: fresh steps (no cache yet, or cache off) get the prompt;
     every step gets the attention mask widened and positions as forward() gives them."""
     inputs = original(*args, **kwargs)
-    config, site = peft_model.peft_config[name], peft_model._prompt_sites[name]
+    config, site = state.host.peft_config[name], state.sites[name]
     p = config.num_virtual_tokens
     cache_key = next((k for k in CACHE_ARGS if k in inputs), site.cache_arg or CACHE_ARGS[0])
     cache = inputs.get(cache_key)
@@ -201,15 +188,15 @@ def _step(peft_model, name: str, original, *args, **kwargs) -> dict:
         if inputs.get("position_ids") is not None:
             inputs["position_ids"] = inputs["position_ids"] + p
         if fresh:
-            inputs[cache_key] = prefix_cache(peft_model, name, batch)
+            inputs[cache_key] = prefix_cache(state, name, batch)
         return inputs
     inputs.pop("position_ids", None)   # as PEFT: positions follow the cache, the prompt included
     if fresh:
         if not use_cache:
             inputs.pop(cache_key, None)
-        embeds = peft_model.word_embeddings(ids) if embeds is None else embeds
+        embeds = state.word_embeddings(ids) if embeds is None else embeds
         _check_positions(site, embeds.shape[1])
-        prompts = prompt_embeddings(peft_model, name, batch).to(embeds.dtype)
+        prompts = prompt_embeddings(state, name, batch).to(embeds.dtype)
         inputs["inputs_embeds"], inputs["input_ids"] = torch.cat([prompts, embeds], dim=1), None
     return inputs
 

@@ -23,7 +23,6 @@ from torch import nn
 from ...config.enums import PeftType, TaskType
 from ...errors import ConfigError, PlanError
 from ...plan.model import Injection, Plan
-from ...plan.planner import count_params
 from .embedding import PromptEmbedding
 from .encoder import PromptEncoder
 from .prefix import PrefixEncoder
@@ -71,8 +70,9 @@ def _pick(cfg, *names):
 
 
 def resolve(model: nn.Module, config):
-    """A copy of `config` with unset architecture fields taken from the model's config (PEFT's rules)."""
-    out = config.copy()
+    """`config` (the planner's own copy) with unset architecture fields taken from the model's config, in place
+    (PEFT's rules)."""
+    out = config
     if out.num_virtual_tokens is None:
         raise ConfigError(f"{type(out).__name__}.num_virtual_tokens is required (how many virtual tokens to learn)")
     cfg = text_config(model)
@@ -251,8 +251,9 @@ def describe(site: Site, config) -> str:
             f"({first}, ...) by forward pre-hooks")
 
 
-def plan_prompt(model: nn.Module, config, adapter_name: str, saved: list) -> Plan:
-    """The Plan of a prompt adapter: no module rewrites, the prompt encoder as an injection, the heads to save."""
+def plan_prompt(model: nn.Module, config, adapter_name: str, saved: list, base_params: int) -> tuple[Plan, object]:
+    """The Plan of a prompt adapter (no module rewrites, the prompt encoder as an injection, the heads to save)
+    and the config it applies, with the architecture fields resolved."""
     resolved = resolve(model, config)
     site = locate(model, resolved)
     with torch.device("meta"):
@@ -261,5 +262,5 @@ def plan_prompt(model: nn.Module, config, adapter_name: str, saved: list) -> Pla
                           saved_shape(resolved), params)
     return Plan(adapter_name=adapter_name, peft_type=resolved.peft_type.value,
                 task_type=resolved.task_type.value if resolved.task_type else None, rewrites=[],
-                modules_to_save=saved, base_params=count_params(model), config=resolved.to_dict(),
-                rules=describe(site, resolved), injections=[injection])
+                modules_to_save=saved, base_params=base_params, config=resolved.to_dict(),
+                rules=describe(site, resolved), injections=[injection]), resolved

@@ -8,10 +8,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal, Optional, Union
 
-from ..errors import ConfigError
-from .base import PeftConfig
-from .enums import PeftType
-from .validation import check_range
+from ...config.base import PeftConfig
+from ...config.enums import PeftType
+from ...config.targets import check_targeting
+from ...config.validation import check_range
 
 LORA_INERT_KEYS = {
     "alora_invocation_tokens": None, "arrow_config": None, "corda_config": None, "ensure_weight_tying": False,
@@ -54,6 +54,8 @@ class LoraConfig(PeftConfig):
 
     _inert_keys = LORA_INERT_KEYS
     _legacy_keys = frozenset({"enable_lora", "merge_weights"})
+    # target_types is resolved into target_modules before saving; runtime_config is run-time only (as PEFT)
+    _unsaved_keys = ("target_types", "runtime_config")
     _method = PeftType.LORA
 
     def validate(self) -> None:
@@ -61,47 +63,4 @@ class LoraConfig(PeftConfig):
         check_range(name, "r", self.r, low=0, low_open=True)
         check_range(name, "lora_dropout", self.lora_dropout, low=0.0, high=1.0, what=" (a probability)")
         check_range(name, "lora_alpha", self.lora_alpha, low=0, low_open=True)
-        for key, value in (self.rank_pattern or {}).items():
-            check_range(name, f"rank_pattern[{key!r}]", value, low=0, low_open=True)
-        for key, value in (self.alpha_pattern or {}).items():
-            check_range(name, f"alpha_pattern[{key!r}]", value, low=0, low_open=True)
-        if isinstance(self.target_modules, str) and self.layers_to_transform is not None:
-            raise ConfigError(f"{name}.layers_to_transform = {self.layers_to_transform!r} cannot be used when "
-                              f"target_modules is a regex ({self.target_modules!r}); list module names instead")
-        if self.layers_pattern and self.layers_to_transform is None:
-            raise ConfigError(f"{name}.layers_pattern = {self.layers_pattern!r} needs layers_to_transform")
-        if isinstance(self.layers_to_transform, int):
-            check_range(name, "layers_to_transform", self.layers_to_transform, low=0)
-        elif self.layers_to_transform:
-            for index in self.layers_to_transform:
-                check_range(name, "layers_to_transform[...]", index, low=0)
-        if isinstance(self.target_modules, list) and not self.target_modules:
-            raise ConfigError(f"{name}.target_modules = [] selects nothing; give names, a regex or 'all-linear'")
-        for key in ("target_modules", "exclude_modules"):
-            value = getattr(self, key)
-            if isinstance(value, str):
-                _compile(name, key, value)
-        # Each pattern is checked in the form the matcher embeds it in (a bare '(?i)' or '(' fails there).
-        for key in ("rank_pattern", "alpha_pattern"):
-            for pattern in getattr(self, key) or {}:
-                _compile(name, f"{key} key", pattern, rf"(.*\.)?({pattern})$")
-        for module in self.modules_to_save or []:
-            _compile(name, "modules_to_save", module, rf"(?:^|.*\.){module}(?:$|\..*)")
-        patterns = [self.layers_pattern] if isinstance(self.layers_pattern, str) else self.layers_pattern or []
-        for pattern in patterns:
-            _compile(name, "layers_pattern", pattern, rf"(?:^|.*?\.){pattern}\.(?P<idx>\d+)\.")
-
-    def to_dict(self):
-        out = super().to_dict()
-        out.pop("target_types", None)  # surgery-only: resolved into target_modules before saving
-        out.pop("runtime_config", None)  # run-time only; PEFT does not save it either
-        return out
-
-
-def _compile(owner: str, key: str, pattern: str, embedded: Optional[str] = None) -> None:
-    import re
-
-    try:
-        re.compile(pattern if embedded is None else embedded)
-    except re.error as exc:
-        raise ConfigError(f"{owner}.{key} = {pattern!r} is not a valid regular expression: {exc}") from None
+        check_targeting(self)

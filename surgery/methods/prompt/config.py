@@ -11,10 +11,10 @@ import logging
 from dataclasses import dataclass, field
 from typing import Callable, Literal, Optional, Union
 
-from ..errors import ConfigError
-from .base import PeftConfig
-from .enums import PeftType
-from .validation import check_range
+from ...errors import ConfigError
+from ...config.base import PeftConfig
+from ...config.enums import PeftType
+from ...config.validation import check_range
 
 logger = logging.getLogger(__name__)
 

@@ -1,0 +1,56 @@
+"""Checks of the targeting fields every adapter-wrapping config shares (PEFT's names):
+
+  target_modules, exclude_modules   names (exact or '.'-suffix) or one full-match regex
+  layers_to_transform, layers_pattern
+  modules_to_save
+  rank_pattern, alpha_pattern       {name or regex: value}
+
+A config calls `check_targeting(self)` from its validate(); fields it does not have are skipped. Each regex is
+compiled in the form the matcher embeds it in, so a pattern that would fail at plan time fails here.
+"""
+from __future__ import annotations
+
+import re
+from typing import Optional
+
+from ..errors import ConfigError
+from .validation import check_range
+
+
+def check_targeting(config) -> None:
+    name = type(config).__name__
+    target = getattr(config, "target_modules", None)
+    layers = getattr(config, "layers_to_transform", None)
+    pattern = getattr(config, "layers_pattern", None)
+    if isinstance(target, str) and layers is not None:
+        raise ConfigError(f"{name}.layers_to_transform = {layers!r} cannot be used when target_modules is a regex "
+                          f"({target!r}); list module names instead")
+    if pattern and layers is None:
+        raise ConfigError(f"{name}.layers_pattern = {pattern!r} needs layers_to_transform")
+    if isinstance(layers, int):
+        check_range(name, "layers_to_transform", layers, low=0)
+    elif layers:
+        for index in layers:
+            check_range(name, "layers_to_transform[...]", index, low=0)
+    if isinstance(target, (list, tuple, set)) and not target:
+        raise ConfigError(f"{name}.target_modules = {target!r} selects nothing; give names, a regex or 'all-linear'")
+    for key in ("target_modules", "exclude_modules"):
+        value = getattr(config, key, None)
+        if isinstance(value, str):
+            compile_pattern(name, key, value)
+    for key in ("rank_pattern", "alpha_pattern"):
+        for key_pattern, value in (getattr(config, key, None) or {}).items():
+            compile_pattern(name, f"{key} key", key_pattern, rf"(.*\.)?({key_pattern})$")
+            check_range(name, f"{key}[{key_pattern!r}]", value, low=0, low_open=True)
+    for module in getattr(config, "modules_to_save", None) or []:
+        compile_pattern(name, "modules_to_save", module, rf"(?:^|.*\.){module}(?:$|\..*)")
+    patterns = [pattern] if isinstance(pattern, str) else pattern or []
+    for layer_pattern in patterns:
+        compile_pattern(name, "layers_pattern", layer_pattern, rf"(?:^|.*?\.){layer_pattern}\.(?P<idx>\d+)\.")
+
+
+def compile_pattern(owner: str, key: str, pattern: str, embedded: Optional[str] = None) -> None:
+    try:
+        re.compile(pattern if embedded is None else embedded)
+    except re.error as exc:
+        raise ConfigError(f"{owner}.{key} = {pattern!r} is not a valid regular expression: {exc}") from None

@@ -1,0 +1,118 @@
+"""MethodSpec: everything the method-blind pipeline needs to know about one PEFT method, as data and hooks.
+
+The planner, the rewriter, the checkpoint code and the façade never name a method; they ask its spec:
+
+  config_cls      the config class (PEFT's name and fields)
+  tuner_cls       PeftModel.base_model's class, PEFT's name for it (LoraModel, IA3Model, ...)
+  handlers        base module type -> adapter layer class, tried in order (a quantized base type is one more row)
+  rewrite_params  per matched module, the parameters its adapter gets (rank, alpha, ...): a dict on the Rewrite,
+                  passed as keywords to the layer's update_layer(adapter_name, config, **params)
+  added_params    how many parameters one rewrite adds (the plan's figures, PEFT's print_trainable_parameters)
+  columns/flags   what the audit table shows for it
+  collapsed_keys  containers whose checkpoint key drops the module's `.weight` leaf (DoRA's magnitude)
+  shared_state    per-adapter tensors every layer of the adapter shares (VeRA's projections), built once before
+                  any layer and kept on the tuner, where PEFT keeps them (checkpoint key base_model.<name>)
+  planner         methods that inject state instead of wrapping modules plan themselves (prompt learning)
+  injector        ...and keep that state in one object on the PeftModel (see InjectedState)
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, NamedTuple, Optional
+
+from torch import nn
+
+from ..config.enums import PeftType
+from ..errors import PlanError
+
+
+@dataclass(frozen=True)
+class Handler:
+    """One row of a method's handler table: which base modules `layer` wraps."""
+
+    accepts: Callable[[nn.Module], bool]
+    layer: type
+    label: str                                             # for error messages: "torch.nn.Linear"
+    # (base, config, fqn) -> None, or why this configuration cannot wrap that module (the PlanError text)
+    refuses: Optional[Callable[[nn.Module, Any, str], Optional[str]]] = None
+
+
+@dataclass
+class RewriteSite:
+    """What rewrite_params sees of one matched module."""
+
+    fqn: str
+    base: nn.Module          # the module to adapt (the base layer when it is wrapped already)
+    config: Any              # the method config being planned (resolved; do not mutate)
+    notes: list              # append plan warnings here (shown once per distinct text)
+
+    def note(self, message: str) -> None:
+        if message not in self.notes:
+            self.notes.append(message)
+
+
+class SharedState(NamedTuple):
+    """Tensors shared by every layer of one adapter, by name ({"vera_A": tensor, ...})."""
+
+    tensors: dict
+    persistent: bool = True   # saved with the adapter (checkpoint key base_model.<name>)
+
+
+def _no_params(site: RewriteSite) -> dict:
+    return {}
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    peft_type: PeftType
+    config_cls: type
+    tuner_cls: Optional[type] = None
+    name: str = ""                              # how messages name the method ("LoRA"); default: peft_type
+    handlers: tuple[Handler, ...] = ()
+    rewrite_params: Callable[[RewriteSite], dict] = _no_params
+    added_params: Optional[Callable[[nn.Module, dict, Any], int]] = None
+    columns: tuple[tuple[str, str], ...] = ()   # audit table: (header, params key)
+    flags: tuple[tuple[str, str], ...] = ()     # shown after the method name when params[key] is true
+    default_targets: dict = field(default_factory=dict)
+    mergeable: bool = True
+    merge_refusal: str = ""                     # why, when not mergeable
+    mixed_batch: bool = False                   # adapter_names= (one adapter per sample) supported
+    frozen_on_load: str = ""                    # why a saved adapter cannot be loaded trainable (empty: it can)
+    collapsed_keys: tuple[str, ...] = ()
+    shared_state: Optional[Callable] = None     # (model, plan, config) -> SharedState
+    planner: Optional[Callable] = None          # (model, config, adapter_name, saved) -> Plan
+    injector: Optional[type] = None             # an InjectedState subclass
+    follows_ties: bool = False                  # modules tied to a target are rewritten with it (no split warning)
+    # `surgery inspect`: the rank of one module's adapter from its checkpoint tensors ({container: tensor})
+    checkpoint_rank: Optional[Callable[[dict], int]] = None
+
+    # -- what the core asks ----------------------------------------------------------------------------
+    @property
+    def label(self) -> str:
+        return self.name or self.peft_type.value
+
+    def handler_for(self, base: nn.Module, config, fqn: str) -> Handler:
+        """The handler that wraps `base`, or a PlanError naming the module and what the method supports."""
+        for handler in self.handlers:
+            if handler.accepts(base):
+                reason = handler.refuses(base, config, fqn) if handler.refuses is not None else None
+                if reason:
+                    raise PlanError(reason)
+                return handler
+        supported = ", ".join(dict.fromkeys(h.label for h in self.handlers)) or "none"
+        raise PlanError(f"target module {fqn!r} is a {type(base).__name__}, which {self.label} cannot "
+                        f"wrap; supported: {supported}. Narrow target_modules (or exclude_modules) to those layers.")
+
+    def layer_class(self, name: str) -> type:
+        """The layer class a plan names (only among this method's own handlers: a plan is data)."""
+        for handler in self.handlers:
+            if qualified_name(handler.layer) == name:
+                return handler.layer
+        raise PlanError(f"the plan names layer class {name!r}, which {self.label} does not have")
+
+    def count(self, base: nn.Module, params: dict, config) -> int:
+        return self.added_params(base, params, config) if self.added_params is not None else 0
+
+
+def qualified_name(cls: type) -> str:
+    return f"{cls.__module__}.{cls.__qualname__}"
