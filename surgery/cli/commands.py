@@ -7,17 +7,19 @@ from pathlib import Path
 
 from tabulate import tabulate
 
+import transformers
+
+from ..api import plan
+from ..archs import load_model_for_planning
 from ..checkpoint.io import read_config_dict, read_tensors, resolve_adapter_files
+from ..config.loading import load_config
+from ..facade.tasks import class_for_task
 from ..methods.registry import get_method
 from ..progress import bar
 from ..tasks import task_for
 
 
 def run_plan(args) -> int:
-    from ..api import plan                       # the pipeline and transformers: imported when a command runs
-    from ..archs import load_model_for_planning
-    from ..config.loading import load_config
-
     config = load_config(args.config)
     task = args.task or (config.task_type.value if config.task_type else None)
     model = load_model_for_planning(args.model, task=task, revision=args.revision)
@@ -69,10 +71,6 @@ def _module_of(key: str, containers: set) -> tuple[str, object]:
 
 
 def run_merge(args) -> int:
-    import transformers
-
-    from ..facade.tasks import class_for_task
-
     directory = resolve_adapter_files(args.adapter)
     task = read_config_dict(directory).get("task_type")
     auto = getattr(transformers, task_for(task).auto_class)

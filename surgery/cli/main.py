@@ -10,6 +10,7 @@ import sys
 from typing import Optional
 
 from ..errors import SurgeryError
+from ..progress import quiet_mode
 
 
 class _UsageError(Exception):
@@ -67,8 +68,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
     try:
         args = build_parser().parse_args(argv)
-        from ..progress import quiet_mode
-        from . import commands
+        from . import commands   # the pipeline, torch and transformers load only when a command runs
 
         with quiet_mode(args.quiet):
             return getattr(commands, f"run_{args.command}")(args)

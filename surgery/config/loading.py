@@ -9,6 +9,7 @@ from typing import Any, Union
 import yaml
 
 from ..errors import ConfigError, did_you_mean
+from ..methods.registry import get_method
 from .base import PeftConfig
 
 PRESET_SUFFIX = ".yaml"
@@ -20,8 +21,6 @@ def get_peft_config(config_dict: dict[str, Any]) -> PeftConfig:
 
 
 def config_from_dict(data: Any, *, strict: bool = True, where: str = "config") -> PeftConfig:
-    from ..methods.registry import get_method
-
     if not isinstance(data, dict):
         raise ConfigError(f"{where} must be a mapping of keys to values, got {type(data).__name__}: {data!r:.80}")
     if "peft_type" not in data:

@@ -19,6 +19,9 @@ from typing import Callable, Optional
 import torch
 
 from ..errors import SurgeryError
+from ..facade.peft_model import PeftModel
+from ..facade.tasks import get_peft_model
+from ..methods.lora import LoraConfig
 from ..progress import bar
 from . import dataset
 
@@ -120,8 +123,6 @@ def train(model, tokenizer, texts: list[str], labels: list[int], steps: int, bat
 
 def _run(out_dir, model_dir, epochs, max_steps, batch_size, lr, rank, seed, echo) -> dict:
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-    from .. import LoraConfig, PeftModel, get_peft_model
 
     out, source = Path(out_dir), Path(model_dir) if model_dir else minilm_dir()
     train_x, train_y = dataset.load("train")

@@ -5,6 +5,7 @@ from typing import Optional
 
 from torch import nn
 
+from ..progress import bar
 from .apply import parent_and_attr
 from .modules_to_save import ModulesToSaveWrapper
 from .trainable import adapter_layers
@@ -60,6 +61,4 @@ def unload(model: nn.Module, merge: bool, safe_merge: bool = False,
 def _progress(items, enabled: bool, desc: str):
     if not enabled:
         return items
-    from ..progress import bar
-
     return bar(items, desc=desc)

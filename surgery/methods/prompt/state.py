@@ -25,7 +25,7 @@ from ...errors import ConfigError
 from ...facade.injected import InjectedState
 from ...rewrite.modules_to_save import ModulesToSaveWrapper
 from ...rewrite.trainable import adapter_layers
-from . import forward as calls
+from .forward import forward, generate, get_prompt, get_prompt_embedding_to_save
 from .inject import install
 from .plan import ATTENTION, Site, build_encoder, locate
 
@@ -81,22 +81,22 @@ class PromptState(InjectedState):
 
     # -- calls -----------------------------------------------------------------------------------------
     def forward_call(self, args: tuple, kwargs: dict):
-        return calls.forward(self, args, kwargs)
+        return forward(self, args, kwargs)
 
     def generate_call(self, args: tuple, kwargs: dict):
-        return calls.generate(self, args, kwargs)
+        return generate(self, args, kwargs)
 
     def get_prompt(self, batch_size: int, task_ids: Optional[torch.Tensor] = None, max_cache_len=None):
         """The virtual prompts of the active adapter: (batch, tokens, dim) embeddings, or for prefix tuning
         the per-layer key/value prefix as a transformers Cache."""
-        return calls.get_prompt(self, batch_size, task_ids, max_cache_len)
+        return get_prompt(self, batch_size, task_ids, max_cache_len)
 
     def get_prompt_embedding_to_save(self, adapter_name: str) -> torch.Tensor:
         """The prompt encoder's output over all virtual tokens (saved as `prompt_embeddings`)."""
         if adapter_name not in self:
             raise ConfigError(f"get_prompt_embedding_to_save: no prompt adapter {adapter_name!r}; adapters: "
                               f"{list(self.keys())}")
-        return calls.get_prompt_embedding_to_save(self, adapter_name)
+        return get_prompt_embedding_to_save(self, adapter_name)
 
     # -- checkpoint ------------------------------------------------------------------------------------
     def checkpoint_entries(self, adapter_name: str) -> dict:
