@@ -1,9 +1,10 @@
-"""Write the golden fixtures under tests/golden/<case>/ with the REAL peft (a test-only oracle).
+"""Write the golden fixtures under tests/golden/fixtures/<case>/ with the REAL peft (a test-only oracle).
 
 Run from the repository root:
 
-    python tests/golden/make_golden.py            # all cases
-    python tests/golden/make_golden.py llama_dora # some cases
+    python -m tests.golden.make_golden                # all cases (tests/golden/cases/*.py)
+    python -m tests.golden.make_golden llama_dora     # some cases
+    python -m tests.golden.make_golden --method ia3   # the cases of one method (cases/ia3.py)
 
 Each case folder gets:
   adapter/          exactly what ``peft_model.save_pretrained(adapter/)`` wrote
@@ -26,8 +27,6 @@ import sys
 import warnings
 from pathlib import Path
 
-GOLDEN_DIR = Path(__file__).resolve().parent
-sys.path.insert(0, str(GOLDEN_DIR.parent))  # tests/ -> `import tiny_models`, `import golden.peft_oracle`
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
@@ -36,190 +35,13 @@ from safetensors import safe_open  # noqa: E402
 from safetensors.torch import save_file  # noqa: E402
 
 import peft  # noqa: E402
-import tiny_models  # noqa: E402
-from golden import peft_oracle  # noqa: E402
-from peft import LoraConfig, get_peft_model  # noqa: E402
+from peft import get_peft_model  # noqa: E402
+from tests.golden import peft_oracle  # noqa: E402
+from tests.golden.cases import CASES  # noqa: E402
+from tests.support import tiny_models  # noqa: E402
 
 PERTURB_STD = 0.1
-
-
-# ----------------------------------------------------------------------------------------------- inputs
-
-def _llama_inputs():
-    ids = tiny_models.token_batch(vocab=128, batch=2, seq=8, seed=1)
-    return (
-        {"input_ids": ids, "attention_mask": torch.ones_like(ids)},
-        {"input_ids": "tiny_models.token_batch(vocab=128, batch=2, seq=8, seed=1), int64 (2, 8)",
-         "attention_mask": "all ones, int64 (2, 8)"},
-    )
-
-
-def _padded_mask(ids, lengths):
-    mask = torch.zeros_like(ids)
-    for row, n in enumerate(lengths):
-        mask[row, :n] = 1
-    return mask
-
-
-def _bert_inputs():
-    ids = tiny_models.token_batch(vocab=128, batch=2, seq=8, seed=1)
-    mask = _padded_mask(ids, [8, 5])
-    ids = ids.masked_fill(mask == 0, 0)  # pad_token_id 0
-    return (
-        {"input_ids": ids, "attention_mask": mask},
-        {"input_ids": "token_batch(vocab=128, batch=2, seq=8, seed=1); row 1 right-padded with 0 after 5 tokens",
-         "attention_mask": "int64 (2, 8): row 0 all ones, row 1 ones for the first 5 tokens"},
-    )
-
-
-def _t5_inputs():
-    ids = tiny_models.token_batch(vocab=128, batch=2, seq=8, seed=1)
-    mask = _padded_mask(ids, [8, 6])
-    ids = ids.masked_fill(mask == 0, 0)
-    dec = tiny_models.token_batch(vocab=128, batch=2, seq=5, seed=2)
-    dec[:, 0] = 0  # decoder_start_token_id
-    return (
-        {"input_ids": ids, "attention_mask": mask, "decoder_input_ids": dec},
-        {"input_ids": "token_batch(vocab=128, batch=2, seq=8, seed=1); row 1 padded with 0 after 6 tokens",
-         "attention_mask": "int64 (2, 8): row 0 all ones, row 1 ones for the first 6 tokens",
-         "decoder_input_ids": "token_batch(vocab=128, batch=2, seq=5, seed=2) with column 0 set to 0 "
-                              "(decoder_start_token_id)"},
-    )
-
-
-def _gpt2_inputs():
-    ids = tiny_models.token_batch(vocab=128, batch=2, seq=8, seed=1)
-    return (
-        {"input_ids": ids, "attention_mask": torch.ones_like(ids)},
-        {"input_ids": "token_batch(vocab=128, batch=2, seq=8, seed=1), int64 (2, 8)",
-         "attention_mask": "all ones, int64 (2, 8)"},
-    )
-
-
-def _conv_inputs():
-    g = torch.Generator().manual_seed(3)
-    return (
-        {"pixel": torch.randn(2, 3, 8, 8, generator=g)},
-        {"pixel": "torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(3)), float32; "
-                  "passed positionally: model(pixel)"},
-    )
-
-
-def _embed_inputs():
-    ids = tiny_models.token_batch(vocab=50, batch=2, seq=6, seed=1)
-    ids[1, 4:] = 0  # padding_idx tokens
-    return (
-        {"input_ids": ids},
-        {"input_ids": "token_batch(vocab=50, batch=2, seq=6, seed=1) with ids[1, 4:] = 0 (padding_idx), int64 (2, 6)"},
-    )
-
-
-# ------------------------------------------------------------------------------------------------ cases
-
-LLAMA_QV = dict(target_modules=["q_proj", "v_proj"], r=4, lora_alpha=8)
-
-CASES: dict[str, dict] = {
-    "llama_lora_qv": dict(
-        builder="tiny_llama", builder_kwargs={}, task_type="CAUSAL_LM", peft_model_class="PeftModelForCausalLM",
-        adapters={"default": LLAMA_QV}, inputs=_llama_inputs, output_keys=["logits"],
-        notes="Plain LoRA on q_proj/v_proj of both layers. Adapter weights perturbed with N(0, 0.1).",
-    ),
-    "llama_lora_all_linear_rslora_rank_pattern": dict(
-        builder="tiny_llama", builder_kwargs={"attention_bias": True, "mlp_bias": True},
-        task_type="CAUSAL_LM", peft_model_class="PeftModelForCausalLM",
-        adapters={"default": dict(target_modules="all-linear", r=4, lora_alpha=16, use_rslora=True,
-                                  rank_pattern={"mlp.down_proj": 2}, alpha_pattern={"o_proj": 4},
-                                  bias="lora_only")},
-        inputs=_llama_inputs, output_keys=["logits"],
-        notes="all-linear (lm_head excluded by peft) in both layers; rsLoRA scaling alpha/sqrt(r): "
-              "16/sqrt(4)=8 by default, down_proj r=2 -> 16/sqrt(2), o_proj alpha=4 -> 4/sqrt(4)=2. "
-              "Llama built with attention_bias=True, mlp_bias=True so that bias='lora_only' is meaningful: "
-              "the base biases of the 14 targeted Linear layers are trainable, perturbed (+N(0, 0.1)) and saved "
-              "as '...<module>.base_layer.bias'. layers_to_transform is NOT here: peft 0.21.2 raises "
-              "'`layers_to_transform` cannot be used when `target_modules` is a str.' (see "
-              "llama_lora_layers_to_transform).",
-    ),
-    "llama_lora_layers_to_transform": dict(
-        builder="tiny_llama", builder_kwargs={}, task_type="CAUSAL_LM", peft_model_class="PeftModelForCausalLM",
-        adapters={"default": dict(target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
-                                                  "down_proj"],
-                                  r=4, lora_alpha=16, use_rslora=True, rank_pattern={"mlp.down_proj": 2},
-                                  alpha_pattern={"o_proj": 4}, layers_to_transform=[1])},
-        inputs=_llama_inputs, output_keys=["logits"],
-        notes="Same settings as llama_lora_all_linear_rslora_rank_pattern but with the linear names spelled out "
-              "(peft refuses layers_to_transform with a str target_modules), bias='none', and only layer 1 "
-              "adapted (layers_to_transform=[1]; layer index found by peft's default layers pattern).",
-    ),
-    "llama_dora": dict(
-        builder="tiny_llama", builder_kwargs={}, task_type="CAUSAL_LM", peft_model_class="PeftModelForCausalLM",
-        adapters={"default": dict(target_modules=["q_proj", "v_proj", "down_proj"], r=4, use_dora=True)},
-        inputs=_llama_inputs, output_keys=["logits"],
-        notes="DoRA (lora_alpha default 8, r=4). lora_A/lora_B perturbed with N(0, 0.1); the magnitude vectors "
-              "(lora_magnitude_vector, initialised by peft to the weight column norms) are multiplied by "
-              "(1 + N(0, 0.1)) so they stay realistic.",
-    ),
-    "gpt2_lora_conv1d": dict(
-        builder="tiny_gpt2", builder_kwargs={}, task_type="CAUSAL_LM", peft_model_class="PeftModelForCausalLM",
-        adapters={"default": dict(target_modules=["c_attn", "c_proj", "wte"], r=4, fan_in_fan_out=True)},
-        inputs=_gpt2_inputs, output_keys=["logits"],
-        notes="GPT-2 Conv1D layers (fan_in_fan_out=True; 'c_proj' matches both attn.c_proj and mlp.c_proj) plus "
-              "LoRA on the wte embedding (tied to lm_head in the base model; the LoRA delta only affects the "
-              "input embedding lookup, lm_head keeps the base weight). peft 0.21.2 gives no tied-weight warning "
-              "(its check only looks at names 'embed_tokens'/'lm_head'), but merge_and_unload() writes the wte "
-              "delta into the weight shared with lm_head, so 'logits.merged' differs from 'logits' "
-              "(merged_matches_adapted=false): that is peft's real behaviour, recorded as is.",
-    ),
-    "bert_seq_cls": dict(
-        builder="tiny_bert_seq_cls", builder_kwargs={}, task_type="SEQ_CLS",
-        peft_model_class="PeftModelForSequenceClassification",
-        adapters={"default": dict(target_modules=["query", "value"], r=4)},
-        inputs=_bert_inputs, output_keys=["logits"],
-        notes="num_labels=3. peft adds 'classifier' to modules_to_save automatically; the trainable copy "
-              "(classifier.modules_to_save.default.{weight,bias}) is refilled with N(0, 0.1) so it differs from "
-              "the base classifier. peft 0.21.2 saves it as 'base_model.model.classifier.weight' / '.bias' "
-              "(no 'modules_to_save' in the saved key).",
-    ),
-    "t5_seq2seq": dict(
-        builder="tiny_t5", builder_kwargs={}, task_type="SEQ_2_SEQ_LM", peft_model_class="PeftModelForSeq2SeqLM",
-        adapters={"default": dict(target_modules=["q", "v"], r=4)},
-        inputs=_t5_inputs, output_keys=["logits"],
-        notes="LoRA on q and v of encoder self-attn, decoder self-attn and decoder cross-attn.",
-    ),
-    "conv_lora": dict(
-        builder="tiny_convnet", builder_kwargs={}, task_type=None, peft_model_class="PeftModel",
-        adapters={"default": dict(target_modules=["conv2d", "conv2d_strided", "conv1d", "conv3d", "head"], r=2)},
-        inputs=_conv_inputs, output_keys=["logits"],
-        notes="Plain nn.Module, no task_type -> PeftModel. The model returns a bare tensor, stored as 'logits'. "
-              "lora_alpha default 8 -> scaling 4.",
-    ),
-    "embedding_lora": dict(
-        builder="tiny_embed_mlp", builder_kwargs={}, task_type=None, peft_model_class="PeftModel",
-        adapters={"default": dict(target_modules=["emb", "lin0"], r=4)},
-        inputs=_embed_inputs, output_keys=["logits"],
-        notes="LoRA on nn.Embedding (lora_embedding_A/B, padding_idx=0) and a Linear. Bare tensor output "
-              "stored as 'logits'.",
-    ),
-    "multi_adapter": dict(
-        builder="tiny_llama", builder_kwargs={}, task_type="CAUSAL_LM", peft_model_class="PeftModelForCausalLM",
-        adapters={"default": LLAMA_QV,
-                  "other": dict(target_modules=["k_proj", "o_proj", "gate_proj"], r=2, lora_alpha=4)},
-        inputs=_llama_inputs, output_keys=["logits"],
-        notes="Two adapters saved by one save_pretrained call: 'default' at adapter/, 'other' at adapter/other/. "
-              "'logits' == 'logits.default' (default active); 'logits.other' after set_adapter('other'); "
-              "'logits.disabled' under disable_adapter() (== base); 'logits.merged' = merge_and_unload() of a "
-              "deepcopy with 'default' active (the 'other' layers are unloaded unmerged).",
-    ),
-    "bert_bias_all": dict(
-        builder="tiny_bert", builder_kwargs={}, task_type="FEATURE_EXTRACTION",
-        peft_model_class="PeftModelForFeatureExtraction",
-        adapters={"default": dict(target_modules=["query", "value"], r=4, bias="all")},
-        inputs=_bert_inputs, output_keys=["last_hidden_state", "pooler_output"],
-        notes="bias='all': every bias in the model (Linear and LayerNorm, incl. pooler) is trainable and saved; "
-              "all of them are perturbed (+N(0, 0.1)) after get_peft_model. Note the biases live in the base "
-              "model, so '.disabled' still uses the perturbed biases (peft does not restore them); "
-              "'last_hidden_state.base' is the untouched base model.",
-    ),
-}
+FIXTURES = peft_oracle.FIXTURES
 
 
 # ---------------------------------------------------------------------------------------------- helpers
@@ -233,15 +55,15 @@ class _ListHandler(logging.Handler):
         self.records.append(record)
 
 
-def perturb(peft_model, seed: int) -> list[str]:
+def perturb(peft_model, seed: int, rule: dict) -> list[str]:
     """Make every adapter non-identity. Returns the names of the parameters that were changed."""
     torch.manual_seed(seed)
     changed = []
     with torch.no_grad():
         for name, p in peft_model.named_parameters():
-            if "lora_magnitude_vector" in name:
+            if any(marker in name for marker in rule.get("scale", ())):
                 p.mul_(1 + PERTURB_STD * torch.randn_like(p))
-            elif "lora_" in name or "modules_to_save" in name:
+            elif any(marker in name for marker in rule.get("replace", ())):
                 p.normal_(0, PERTURB_STD)
             elif p.requires_grad and (name == "bias" or name.endswith(".bias")):  # bias="all" / "lora_only"
                 p.add_(PERTURB_STD * torch.randn_like(p))
@@ -262,11 +84,13 @@ def safetensors_keys(path: Path) -> list[str]:
 
 
 def make_case(name: str, spec: dict, seed: int = 0, perturb_seed: int = 1234) -> dict:
-    case_dir = GOLDEN_DIR / name
+    case_dir = FIXTURES / name
     if case_dir.exists():
         shutil.rmtree(case_dir)
     case_dir.mkdir(parents=True)
     adapter_names = list(spec["adapters"])
+    rule = spec["perturb"]
+    config_cls = getattr(peft, spec.get("config", "LoraConfig"))
     inputs, input_desc = spec["inputs"]()
     config_kwargs = {}
     for adapter, kw in spec["adapters"].items():
@@ -285,16 +109,19 @@ def make_case(name: str, spec: dict, seed: int = 0, perturb_seed: int = 1234) ->
         "peft_model_class": spec["peft_model_class"],
         "adapter_names": adapter_names,
         "adapter_subdirs": {a: ("" if i == 0 else a) for i, a in enumerate(adapter_names)},
-        "lora_config_kwargs": config_kwargs,
-        "inputs": {"names": list(inputs), "call": "positional" if name == "conv_lora" else "kwargs",
+        "config_class": spec.get("config", "LoraConfig"),
+        "config_kwargs": config_kwargs,
+        "tolerance": spec.get("tolerance", 1e-6),
+        "inputs": {"names": list(inputs), "call": spec.get("call", "kwargs"),
                    "description": input_desc},
         "output_keys": spec["output_keys"],
         "peft_version": peft.__version__,
         "torch_version": torch.__version__.split("+")[0],
-        "perturbation": {"seed": perturb_seed, "std": PERTURB_STD,
+        "perturbation": {"seed": perturb_seed, "std": PERTURB_STD, "scale": rule.get("scale", []),
+                         "replace": rule.get("replace", []),
                          "rule": "torch.manual_seed(seed) once, then over peft_model.named_parameters() in order: "
-                                 "'lora_magnitude_vector' *= 1+N(0,std); other names containing 'lora_' or "
-                                 "'modules_to_save' := N(0,std); trainable biases (bias='all'/'lora_only') += "
+                                 "names holding a 'scale' marker *= 1+N(0,std); else names holding a 'replace' "
+                                 "marker := N(0,std); else trainable biases (bias='all'/'<method>_only') += "
                                  "N(0,std)"},
         "notes": spec["notes"],
     }
@@ -312,11 +139,11 @@ def make_case(name: str, spec: dict, seed: int = 0, perturb_seed: int = 1234) ->
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         first = adapter_names[0]
-        model = get_peft_model(base, LoraConfig(**config_kwargs[first]), adapter_name=first)
+        model = get_peft_model(base, config_cls(**config_kwargs[first]), adapter_name=first)
         for adapter in adapter_names[1:]:
-            model.add_adapter(adapter, LoraConfig(**config_kwargs[adapter]))
+            model.add_adapter(adapter, config_cls(**config_kwargs[adapter]))
         model.set_adapter(first)
-        changed = perturb(model, perturb_seed)
+        changed = perturb(model, perturb_seed, rule)
         with contextlib.redirect_stdout(caught_stdout):
             model.print_trainable_parameters()
         model.eval()
@@ -366,6 +193,8 @@ def make_case(name: str, spec: dict, seed: int = 0, perturb_seed: int = 1234) ->
 
 
 def main(argv: list[str]) -> None:
+    if argv[:1] == ["--method"]:
+        argv = [n for n, spec in CASES.items() if spec["module"] in argv[1:]]
     names = argv or list(CASES)
     unknown = [n for n in names if n not in CASES]
     if unknown:
@@ -382,5 +211,5 @@ if __name__ == "__main__":
     # seed: pin it so that regenerating gives byte-identical adapter_config.json files.
     if os.environ.get("PYTHONHASHSEED") != "0":
         os.environ["PYTHONHASHSEED"] = "0"
-        os.execv(sys.executable, [sys.executable, *sys.argv])
+        os.execv(sys.executable, [sys.executable, "-m", "tests.golden.make_golden", *sys.argv[1:]])
     main(sys.argv[1:])

@@ -1,7 +1,6 @@
 """Helpers for tests that compare `surgery` against the real `peft` (a test-only oracle).
 
-Import as ``from golden.peft_oracle import ...`` (``tests/conftest.py`` puts ``tests/`` on ``sys.path``
-and ``tests/golden`` is a package).
+Import as ``from tests.golden.peft_oracle import ...`` (the tests are a package; run from the repository root).
 
 (a) ``load_case(name)`` reads a committed golden case: ``case.json``, ``io.safetensors`` (inputs and
     expected outputs) and can rebuild the base model (builder from ``tests/tiny_models.py`` + the
@@ -27,12 +26,10 @@ import torch
 from safetensors.torch import load_file
 
 GOLDEN_DIR = Path(__file__).resolve().parent
-TESTS_DIR = GOLDEN_DIR.parent
-if str(TESTS_DIR) not in sys.path:  # so `import tiny_models` works when used outside pytest
-    sys.path.insert(0, str(TESTS_DIR))
+FIXTURES = GOLDEN_DIR / "fixtures"
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-import tiny_models  # noqa: E402
+from tests.support import tiny_models  # noqa: E402
 
 
 @dataclass
@@ -60,14 +57,14 @@ class GoldenCase:
 
 def case_names() -> list[str]:
     """Names of all committed cases (folders holding a case.json), sorted."""
-    return sorted(p.parent.name for p in GOLDEN_DIR.glob("*/case.json"))
+    return sorted(p.parent.name for p in FIXTURES.glob("*/case.json"))
 
 
 def load_case(name_or_path: str | os.PathLike) -> GoldenCase:
     """Read ``case.json`` and ``io.safetensors`` of a case (by name, or by path to its folder)."""
     path = Path(name_or_path)
     if not path.is_absolute() and not (path / "case.json").exists():
-        path = GOLDEN_DIR / str(name_or_path)
+        path = FIXTURES / str(name_or_path)
     meta = json.loads((path / "case.json").read_text())
     io = load_file(str(path / "io.safetensors"))
     input_names = list(meta["inputs"]["names"])

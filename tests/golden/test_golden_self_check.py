@@ -8,23 +8,13 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from golden.peft_oracle import GOLDEN_DIR, base_outputs, case_names, load_case, peft_outputs
+from tests.golden.cases import CASES
+from tests.golden.peft_oracle import base_outputs, case_names, load_case, peft_outputs
 
-pytest.importorskip("peft")
+import peft  # noqa: E402  (a test dependency: the oracle)
 
-EXPECTED_CASES = {
-    "llama_lora_qv",
-    "llama_lora_all_linear_rslora_rank_pattern",
-    "llama_lora_layers_to_transform",
-    "llama_dora",
-    "gpt2_lora_conv1d",
-    "bert_seq_cls",
-    "t5_seq2seq",
-    "conv_lora",
-    "embedding_lora",
-    "multi_adapter",
-    "bert_bias_all",
-}
+EXPECTED_CASES = set(CASES)
+PEFT_TYPE_OF_CONFIG = {cls.__name__: str(getattr(t, "value", t)) for t, cls in peft.PEFT_TYPE_TO_CONFIG_MAPPING.items()}
 
 
 def test_all_cases_present():
@@ -46,7 +36,7 @@ def test_fixture_files(name):
         assert (d / "adapter_config.json").is_file(), d
         assert (d / "adapter_model.safetensors").is_file(), d
         cfg = json.loads((d / "adapter_config.json").read_text())
-        assert cfg["peft_type"] == "LORA"
+        assert cfg["peft_type"] == PEFT_TYPE_OF_CONFIG[meta["config_class"]]
         assert cfg["task_type"] == meta["task_type"]
     assert (case.adapter_dir / "README.md").is_file()
     assert meta["state_keys"] == _keys(case.adapter_dir / "adapter_model.safetensors")
