@@ -9,7 +9,7 @@ from typing import Any, Union
 import yaml
 
 from ..errors import ConfigError, did_you_mean
-from ..methods.registry import get_method
+from ..methods.registry import get_method, implemented_types
 from .base import PeftConfig
 
 PRESET_SUFFIX = ".yaml"
@@ -24,7 +24,8 @@ def config_from_dict(data: Any, *, strict: bool = True, where: str = "config") -
     if not isinstance(data, dict):
         raise ConfigError(f"{where} must be a mapping of keys to values, got {type(data).__name__}: {data!r:.80}")
     if "peft_type" not in data:
-        raise ConfigError(f"{where} has no 'peft_type' key; add e.g. peft_type: LORA")
+        raise ConfigError(f"{where} has no 'peft_type' key; add one of: "
+                          f"{', '.join(t.value for t in implemented_types())}")
     spec = get_method(data["peft_type"])
     return spec.config_cls.from_dict(data, strict=strict)
 

@@ -26,6 +26,7 @@ from ..plan.model import Plan, trainable_line
 from ..plan.planner import plan_with_config
 from ..rewrite.apply import apply_plan
 from ..rewrite.dtypes import upcast_adapter
+from ..rewrite.merge import unwrap
 from ..rewrite.trainable import adapter_layers, mark_trainable
 from .injected import InjectedState
 from .persistence import PersistenceMixin
@@ -123,9 +124,12 @@ class PeftModel(PersistenceMixin, TrainingMixin, nn.Module):
     def delete_adapter(self, adapter_name: str) -> None:
         if adapter_name not in self.peft_config:
             raise AdapterNameError(f"adapter {adapter_name!r} not found; adapters: {list(self.peft_config)}")
-        for _, layer in adapter_layers(self.get_base_model()):
+        model = self.get_base_model()
+        for fqn, layer in list(adapter_layers(model)):
             if adapter_name in layer.adapter_names():
                 layer.delete_adapter(adapter_name)
+                if not layer.adapter_names():   # nothing left on it: the original module goes back in
+                    unwrap(model, fqn, layer)
         for state in self._injected_states():
             state.detach(adapter_name)
         self.base_model.delete_shared_state(adapter_name)

@@ -49,13 +49,15 @@ def unload(model: nn.Module, merge: bool, safe_merge: bool = False,
     if merge:
         merge_adapters(model, adapter_names, safe_merge, progress)
     for fqn, layer in list(adapter_layers(model)):
-        parent, attr = parent_and_attr(model, fqn)
-        if isinstance(layer, ModulesToSaveWrapper):
-            replacement = layer.unwrapped()
-        else:
-            replacement = layer.get_base_layer()
-        setattr(parent, attr, replacement)
+        unwrap(model, fqn, layer)
     return model
+
+
+def unwrap(model: nn.Module, fqn: str, layer: nn.Module) -> None:
+    """Put the module an adapter layer wraps back in its place (a modules_to_save wrapper: its active copy)."""
+    parent, attr = parent_and_attr(model, fqn)
+    replacement = layer.unwrapped() if isinstance(layer, ModulesToSaveWrapper) else layer.get_base_layer()
+    setattr(parent, attr, replacement)
 
 
 def _progress(items, enabled: bool, desc: str):

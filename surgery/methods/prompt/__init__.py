@@ -1,5 +1,10 @@
 """Prompt learning: prompt tuning, P-tuning and prefix tuning, as injections of prompt/prefix state.
 
+    prompt tuning (Lester et al. 2021)   inputs_embeds = [P ; E(x)]          P: (T, d) trainable
+    P-tuning (Liu et al. 2021)           inputs_embeds = [f(P) ; E(x)]       f: MLP or LSTM over P
+    prefix tuning (Li & Liang 2021)      attention_l(q, [K_l ; k], [V_l ; v]) in every layer l,
+                                         (K_l, V_l) = g(P)_l: T key/value slots per layer (g: identity or MLP)
+
     config.py     PromptTuningConfig, PromptEncoderConfig, PrefixTuningConfig (and their enums)
     embedding.py  PromptEmbedding   virtual-token embeddings (prompt tuning)
     encoder.py    PromptEncoder     embeddings reparameterised by an MLP / LSTM (P-tuning)

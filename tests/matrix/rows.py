@@ -1,0 +1,43 @@
+"""The rows of the method matrix: one per registered method (a new method adds its row here).
+
+A row names peft's config class (surgery's has the same name), the config kwargs per tiny model (a model a
+method cannot adapt in PEFT is left out), how to make its fresh adapter non-identity (`scale` markers: names
+multiplied by 1 + N(0, std); every other trainable parameter is set to N(0, std)), and what PEFT supports
+for it (merging, mixed batches). Models are tests.support.helpers.MODELS entries.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Row:
+    config: str                          # the config class name, in peft and in surgery
+    models: dict                         # {MODELS name: config kwargs}
+    scale: tuple[str, ...] = ()          # parameter-name markers perturbed multiplicatively
+    std: float = 0.1
+    tolerance: float = 1e-5              # surgery vs peft outputs (float32)
+    merges: bool = True                  # merge_and_unload / merge_adapter exist for the method
+    mixed_batch: bool = False            # adapter_names= in forward (PEFT supports it for this method)
+    second: dict = field(default_factory=dict)   # {MODELS name: kwargs of a second adapter} (default: the first's)
+
+    @property
+    def id(self) -> str:
+        return self.config.removesuffix("Config")
+
+
+ROWS = [
+    Row("LoraConfig", {
+        "llama": dict(target_modules=["q_proj", "v_proj", "down_proj"], r=4),
+        "gpt2": dict(target_modules=["c_attn", "c_fc"], r=4),
+        "bert": dict(target_modules=["query", "value"], r=4),
+        "t5": dict(target_modules=["q", "v", "wo"], r=4),
+        "conv": dict(target_modules=["conv2d", "conv1d", "conv3d", "head"], r=2),
+        "embedding": dict(target_modules=["emb", "lin0"], r=4),
+    }, second={"llama": dict(target_modules=["k_proj", "o_proj"], r=2, use_dora=True)}, mixed_batch=True),
+    Row("PromptTuningConfig", {
+        "llama": dict(task_type="CAUSAL_LM", num_virtual_tokens=3),
+        "gpt2": dict(task_type="CAUSAL_LM", num_virtual_tokens=3),
+        "bert": dict(task_type="FEATURE_EXTRACTION", num_virtual_tokens=3),
+    }, merges=False),
+]
