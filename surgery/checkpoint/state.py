@@ -36,8 +36,9 @@ def adapter_model_keys(peft_model: nn.Module, adapter_name: str, bias: str = "no
             if adapter_name not in holder:
                 continue
             item = holder[adapter_name]
-            if isinstance(item, nn.Parameter):
-                out[f"{prefix}{fqn}.{container}.{adapter_name}"] = item
+            if isinstance(item, torch.Tensor):   # a Parameter, or a buffer (saved unless registered non-persistent)
+                if adapter_name not in getattr(holder, "_non_persistent_buffers_set", ()):
+                    out[f"{prefix}{fqn}.{container}.{adapter_name}"] = item
             else:
                 for k, v in item.state_dict().items():
                     out[f"{prefix}{fqn}.{container}.{adapter_name}.{k}"] = v

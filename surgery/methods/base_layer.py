@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from typing import Callable, Iterable, Union
 
+import torch
 from torch import nn
 
 from ..errors import AdapterNameError
@@ -114,6 +115,8 @@ class AdapterLayer(nn.Module):
                 flag = trainable and key in names
                 if isinstance(value, nn.Parameter):
                     value.requires_grad_(flag)
+                elif isinstance(value, torch.Tensor):   # a buffer (frozen by nature)
+                    continue
                 else:  # a small module (lora_A, lora_B, a DoRA magnitude): its own parameters only
                     for param in value._parameters.values():
                         if param is not None:
