@@ -62,7 +62,7 @@ class PeftModel(PersistenceMixin, TrainingMixin, nn.Module):
         if adapter_name in self.peft_config:
             raise AdapterNameError(f"adapter {adapter_name!r} already exists; delete_adapter({adapter_name!r}) "
                                    f"first or choose another name")
-        self._check_same_method(peft_config)
+        self._check_new_adapter(peft_config)
         spec = get_method(peft_config.peft_type)
         model = self.get_base_model()
         plan, config = plan_with_config(model, peft_config, adapter_name, strict_targets=strict,
@@ -81,12 +81,19 @@ class PeftModel(PersistenceMixin, TrainingMixin, nn.Module):
             self._active_adapter = adapter_name
         return plan
 
-    def _check_same_method(self, config: PeftConfig) -> None:
-        """One PeftModel holds adapters of one method (as PEFT; combining methods is PEFT's PeftMixedModel)."""
+    def _check_new_adapter(self, config: PeftConfig) -> None:
+        """As PEFT: one PeftModel holds adapters of one method (combining methods is PEFT's PeftMixedModel), and
+        at most one of them trains biases (biases live in the base model, shared by every adapter)."""
         for other in self.peft_config.values():
             if other.peft_type != config.peft_type:
                 raise ConfigError(f"cannot combine a {config.peft_type.value} adapter with the model's "
                                   f"{other.peft_type.value} adapter(s) in one PeftModel; use a separate PeftModel")
+        biased = [name for name, c in self.peft_config.items() if (getattr(c, "bias", "none") or "none") != "none"]
+        if biased and (getattr(config, "bias", "none") or "none") != "none":
+            first = self.peft_config[biased[0]].bias
+            raise ConfigError(f"bias = {config.bias!r}: adapter {biased[0]!r} already trains biases ({first!r}); "
+                              f"as in PEFT, only one adapter of a model may (biases are the base model's, shared "
+                              f"by every adapter): set bias='none' for the others")
 
     def _injected_state(self, spec, create: bool = False) -> Optional[InjectedState]:
         """The InjectedState of `spec`'s method on this model (created on first use when `create`)."""

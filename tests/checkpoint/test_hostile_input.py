@@ -86,7 +86,7 @@ BAD_CONFIGS = [
     ({"target_modules": ["embed_tokens"], "use_dora": True}, PlanError, r"use_dora=True on 'model.embed_tokens'"),
     ({"target_modules": ["self_attn"]}, PlanError, r"LlamaAttention, which LoRA cannot wrap"),
     ({"peft_type": "NOPE", "target_modules": ["q_proj"]}, ConfigError, r"peft_type = 'NOPE' does not exist"),
-    ({"peft_type": "LOHA", "target_modules": ["q_proj"]}, ConfigError, r"does not implement yet"),
+    ({"peft_type": "POLY", "target_modules": ["q_proj"]}, ConfigError, r"does not implement yet"),
     ({"target_modules": ["q_proj"], "use_qalora": True}, ConfigError, r"use_qalora.*not supported"),
 ]
 

@@ -112,7 +112,7 @@ def test_get_peft_config_picks_the_class_from_peft_type(peft_type):
 @pytest.mark.parametrize("data, words", [
     ({"r": 8}, ["peft_type"]),
     ({"peft_type": "NOPE"}, ["peft_type", "NOPE"]),
-    ({"peft_type": "IA3"}, ["IA3", "LORA"]),                   # a PEFT method not implemented: said so
+    ({"peft_type": "POLY"}, ["POLY", "LORA"]),                 # a PEFT method not implemented: said so
     ({"peft_type": "LORA", "task_type": "CAUSAL"}, ["task_type", "CAUSAL", "CAUSAL_LM"]),
 ])
 def test_get_peft_config_refuses_bad_types(data, words):

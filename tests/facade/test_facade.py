@@ -212,3 +212,14 @@ def test_add_adapter_failure_leaves_the_model_as_it_was():
         model.add_adapter("third", surgery.LoraConfig(target_modules=["q_proj", "mlp"]))
     assert list(model.state_dict()) == keys and list(model.peft_config) == ["default"]
     model.add_adapter("second", surgery.LoraConfig(target_modules=["q_proj"]))  # the name is still free
+
+
+@pytest.mark.filterwarnings("ignore")
+def test_only_one_adapter_may_train_biases_as_in_peft():
+    for lib in (surgery, peft):
+        model = lib.get_peft_model(tm.tiny_llama(attention_bias=True), lib.LoraConfig(target_modules=["q_proj"],
+                                                                                     bias="lora_only"))
+        model.add_adapter("plain", lib.LoraConfig(target_modules=["k_proj"]))   # bias "none": fine in both
+        with pytest.raises(ValueError, match="bias"):
+            model.add_adapter("biased", lib.LoraConfig(target_modules=["v_proj"], bias="all"))
+    assert list(model.peft_config) == ["default", "plain"]
