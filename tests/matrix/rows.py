@@ -40,4 +40,15 @@ ROWS = [
         "gpt2": dict(task_type="CAUSAL_LM", num_virtual_tokens=3),
         "bert": dict(task_type="FEATURE_EXTRACTION", num_virtual_tokens=3),
     }, merges=False),
+    Row("BOFTConfig", {   # PEFT wraps nn.Linear and nn.Conv2d only (not GPT-2's Conv1D, nor embeddings)
+        "llama": dict(target_modules=["q_proj", "v_proj", "down_proj"], boft_block_size=4),
+        "llama_bias": dict(target_modules=["q_proj", "o_proj", "up_proj"], boft_block_size=8, bias="boft_only"),
+        "bert": dict(target_modules=["query", "value"], boft_block_size=0, boft_block_num=4),
+        "t5": dict(target_modules=["q", "v", "wo"], boft_block_size=8),
+        "conv": dict(target_modules=["conv2d", "conv2d_strided", "head"], boft_block_size=0, boft_block_num=1),
+        "embedding": dict(target_modules=["lin0", "lin1"], boft_block_size=4),
+    }, scale=("boft_s",),
+        second={"llama": dict(target_modules=["k_proj", "o_proj"], boft_block_size=0, boft_block_num=2,
+                              boft_dropout=0.1),
+                "llama_bias": dict(target_modules=["k_proj", "down_proj"], boft_block_size=2)}),   # one bias adapter
 ]

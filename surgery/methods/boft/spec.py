@@ -1,0 +1,112 @@
+"""BOFT's registry entry: nn.Linear and nn.Conv2d (PEFT's two layer types), each rewrite's block layout, its cost.
+
+Butterfly factors: PEFT 0.21.2 builds boft_n_butterfly_factor > 1 only through its fbd_cuda CUDA extension;
+without it (on CPU, or wherever the extension does not compile) it warns and uses ONE factor, and saves R as
+(1, D, b, b). surgery follows that path, so its adapters load in PEFT and PEFT's in surgery; the plan says so.
+The layers themselves rotate with any number of factors (update_layer's boft_n_butterfly_factor).
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+from torch import nn
+
+from ...config.enums import PeftType
+from ...graph.kinds import in_out_features
+from ..spec import Handler, MethodSpec, RewriteSite
+from .blocks import layout, problem
+from .config import BOFTConfig
+from .conv import Conv2d
+from .linear import Linear
+from .model import BOFTModel
+
+# PEFT's TRANSFORMERS_MODELS_TO_BOFT_TARGET_MODULES_MAPPING (gemma4's entry is a regex there, left out here).
+DEFAULT_TARGETS = {
+    "t5": ["q", "v"], "mt5": ["q", "v"], "bart": ["q_proj", "v_proj"], "gpt2": ["c_attn"],
+    "bloom": ["query_key_value"], "blip-2": ["q", "v", "q_proj", "v_proj"], "opt": ["q_proj", "v_proj"],
+    "gptj": ["q_proj", "v_proj"], "gpt_neox": ["query_key_value"], "gpt_neo": ["q_proj", "v_proj"],
+    "bert": ["query", "value"], "roberta": ["query", "value"], "xlm-roberta": ["query", "value"],
+    "electra": ["query", "value"], "deberta-v2": ["query_proj", "value_proj"], "deberta": ["in_proj"],
+    "layoutlm": ["query", "value"], "llama": ["q_proj", "v_proj"], "llama4": ["q_proj", "v_proj"],
+    "chatglm": ["query_key_value"], "gpt_bigcode": ["c_attn"], "mpt": ["Wqkv"],
+    "RefinedWebModel": ["query_key_value"], "RefinedWeb": ["query_key_value"], "falcon": ["query_key_value"],
+    "btlm": ["c_proj", "c_attn"], "codegen": ["qkv_proj"], "mistral": ["q_proj", "v_proj"],
+    "mixtral": ["q_proj", "v_proj"], "stablelm": ["q_proj", "v_proj"], "phi": ["q_proj", "v_proj", "fc1", "fc2"],
+    "gemma": ["q_proj", "v_proj"], "gemma2": ["q_proj", "v_proj"], "gemma3_text": ["q_proj", "v_proj"],
+    "qwen2": ["q_proj", "v_proj"], "qwen3": ["q_proj", "v_proj"],
+    "nemotron_h": ["q_proj", "k_proj", "v_proj", "o_proj"], "rwkv": ["key", "value", "receptance", "output"],
+    "rwkv7": ["r_proj", "k_proj", "v_proj", "o_proj", "key", "value"],
+}
+
+FACTOR_NOTE = ("boft_n_butterfly_factor = {n}: PEFT 0.21.2 builds more than one butterfly factor only with its "
+               "fbd_cuda CUDA extension; without it (CPU, or an extension that does not compile) PEFT uses one "
+               "factor and saves boft_R as (1, blocks, b, b). surgery does the same, so adapters load both ways: "
+               "each rotation is block-diagonal with the blocks of boft_block_size/boft_block_num")
+
+
+def rotated_features(base: nn.Module) -> int:
+    """F, the size the rotation spans: in_features (Linear), in_channels * k * k (Conv2d, as PEFT flattens)."""
+    if isinstance(base, nn.Conv2d):
+        return base.in_channels * base.kernel_size[0] * base.kernel_size[0]
+    return base.in_features
+
+
+def _linear_refuses(base: nn.Module, config, fqn: str) -> Optional[str]:
+    found = problem(base.in_features, config, f"in_features = {base.in_features}")
+    return f"target module {fqn!r} (Linear): {found}" if found else None
+
+
+def _conv_refuses(base: nn.Module, config, fqn: str) -> Optional[str]:
+    where = f"target module {fqn!r} (Conv2d)"
+    if base.groups != 1:
+        return f"{where} is a grouped convolution (groups={base.groups}); BOFT supports groups=1 only"
+    # PEFT flattens the kernel as k*k and convolves with stride[0]/padding[0] and no dilation: anything else
+    # would train a different layer than the one merge_and_unload writes, so it is refused
+    geometry = {"kernel_size": base.kernel_size, "stride": base.stride, "padding": base.padding}
+    uneven = [f"{k}={v!r}" for k, v in geometry.items() if isinstance(v, str) or len(set(v)) != 1]
+    if uneven or tuple(base.dilation) != (1, 1) or base.padding_mode != "zeros":
+        found = ", ".join(uneven + ([f"dilation={base.dilation}"] if tuple(base.dilation) != (1, 1) else [])
+                          + ([f"padding_mode={base.padding_mode!r}"] if base.padding_mode != "zeros" else []))
+        return (f"{where} has {found}; BOFT supports square kernels with the same stride and numeric padding on "
+                f"both axes, dilation 1 and padding_mode 'zeros' (PEFT's forward ignores the rest). Exclude it "
+                f"with exclude_modules")
+    features = rotated_features(base)
+    k = base.kernel_size[0]
+    found = problem(features, config, f"in_channels * k * k = {base.in_channels} * {k} * {k} = {features}")
+    return f"{where}: {found}" if found else None
+
+
+HANDLERS = (
+    Handler(lambda m: isinstance(m, nn.Linear), Linear, "torch.nn.Linear", refuses=_linear_refuses),
+    Handler(lambda m: isinstance(m, nn.Conv2d), Conv2d, "torch.nn.Conv2d", refuses=_conv_refuses),
+)
+
+
+def rewrite_params(site: RewriteSite) -> dict:
+    config = site.config
+    if config.boft_n_butterfly_factor > 1:
+        site.note(FACTOR_NOTE.format(n=config.boft_n_butterfly_factor))
+    if config.fan_in_fan_out and isinstance(site.base, nn.Linear):
+        site.note("fan_in_fan_out=True but the targets are torch Linear layers: using False for them, as PEFT does")
+    size, num = layout(rotated_features(site.base), config)
+    return {"boft_block_size": size, "boft_block_num": num, "boft_n_butterfly_factor": 1}
+
+
+def added_params(base: nn.Module, params: dict, config: BOFTConfig) -> int:
+    """R (factors x blocks x b x b) and the per-output scale s."""
+    size = params["boft_block_size"]
+    return params["boft_n_butterfly_factor"] * params["boft_block_num"] * size * size + in_out_features(base)[1]
+
+
+SPEC = MethodSpec(
+    peft_type=PeftType.BOFT,
+    config_cls=BOFTConfig,
+    tuner_cls=BOFTModel,
+    name="BOFT",
+    handlers=HANDLERS,
+    rewrite_params=rewrite_params,
+    added_params=added_params,
+    columns=(("block", "boft_block_size"), ("blocks", "boft_block_num"),
+             ("factors", "boft_n_butterfly_factor")),
+    default_targets=DEFAULT_TARGETS,
+)
