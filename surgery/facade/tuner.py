@@ -33,6 +33,9 @@ class SharedBuffers(nn.Module):
     def __contains__(self, adapter_name: str) -> bool:
         return adapter_name in self._buffers
 
+    def keys(self):
+        return self._buffers.keys()
+
 
 class TunerModel(nn.Module):
     def __init__(self, model: nn.Module, peft_config: dict):
@@ -52,13 +55,19 @@ class TunerModel(nn.Module):
             return getattr(self.model, name)
 
     # -- shared per-adapter state ----------------------------------------------------------------------
-    def add_shared_state(self, adapter_name: str, shared) -> None:
-        """Keep a method's SharedState for `adapter_name` as buffers `<name>.<adapter>` of this tuner."""
+    def add_shared_state(self, adapter_name: str, shared) -> dict[str, SharedBuffers]:
+        """Keep a method's SharedState for `adapter_name` as buffers `<name>.<adapter>` of this tuner; returns
+        {name: holder}. Layers keep these holders (unregistered: they are not the layers' state) and read
+        `holder[adapter]` when they run, so a .to()/.half() of the model or a checkpoint load, which replace or
+        fill the tuner's buffers, reaches every layer (PEFT's layers share its BufferDict the same way)."""
+        holders = {}
         for key, tensor in shared.tensors.items():
             holder = self._modules.get(key)
             if holder is None:
                 holder = self._modules[key] = SharedBuffers()
             holder.add(adapter_name, tensor, shared.persistent)
+            holders[key] = holder
+        return holders
 
     def delete_shared_state(self, adapter_name: str) -> None:
         for holder in self.shared_holders():

@@ -11,14 +11,15 @@ The planner, the rewriter, the checkpoint code and the façade never name a meth
   columns/flags   what the audit table shows for it
   collapsed_keys  containers whose checkpoint key drops the module's `.weight` leaf (DoRA's magnitude)
   shared_state    per-adapter tensors every layer of the adapter shares (VeRA's projections), built once before
-                  any layer and kept on the tuner, where PEFT keeps them (checkpoint key base_model.<name>)
+                  any layer and kept on the tuner, where PEFT keeps them (checkpoint key base_model.<name>); it
+                  sees the tuner, so a new adapter can be checked against (and reuse) the other adapters' state
   planner         methods that inject state instead of wrapping modules plan themselves (prompt learning)
   injector        ...and keep that state in one object on the PeftModel (see InjectedState)
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, NamedTuple, Optional
+from typing import Any, Callable, NamedTuple, Optional, Union
 
 from torch import nn
 
@@ -73,13 +74,17 @@ class MethodSpec:
     added_params: Optional[Callable[[nn.Module, dict, Any], int]] = None
     columns: tuple[tuple[str, str], ...] = ()   # audit table: (header, params key)
     flags: tuple[tuple[str, str], ...] = ()     # shown after the method name when params[key] is true
-    default_targets: dict = field(default_factory=dict)
+    # target_modules when the config gives none: {transformers model_type: names}, or (model) -> target_modules
+    default_targets: Union[dict, Callable] = field(default_factory=dict)
+    resolve_config: Optional[Callable] = None   # (config, model) -> None: fill fields PEFT derives from the model
     mergeable: bool = True
     merge_refusal: str = ""                     # why, when not mergeable
     mixed_batch: bool = False                   # adapter_names= (one adapter per sample) supported
     frozen_on_load: str = ""                    # why a saved adapter cannot be loaded trainable (empty: it can)
     collapsed_keys: tuple[str, ...] = ()
-    shared_state: Optional[Callable] = None     # (model, plan, config) -> SharedState
+    # (model, plan, config, tuner) -> SharedState; tuner: the TunerModel (its peft_config and shared_tensors
+    # are the other adapters'). Layers get `shared=` {name: holder}: index holder[adapter_name] when run
+    shared_state: Optional[Callable] = None
     planner: Optional[Callable] = None          # (model, config, adapter_name, saved) -> Plan
     injector: Optional[type] = None             # an InjectedState subclass
     follows_ties: bool = False                  # modules tied to a target are rewritten with it (no split warning)

@@ -23,6 +23,7 @@ from ..methods.spec import RewriteSite, qualified_name
 from ..naming import validate_adapter_name
 from ..tasks import task_for
 from .model import Plan, Rewrite, SavedModule
+from .ties import TIED_TO, followers
 
 logger = logging.getLogger(__name__)
 
@@ -50,12 +51,18 @@ def plan_with_config(model: nn.Module, config, adapter_name: str = "default", *,
         saved = _modules_to_save(graph, config, [])
         return spec.planner(model, config, adapter_name, saved, count_params(model, graph))
     _fill_default_targets(config, model, spec)
+    if spec.resolve_config is not None:   # fields PEFT derives from the model (after the default targets)
+        spec.resolve_config(config, model)
     rule = compile_rule(config, model)
     _check_layers(graph, rule)
     matches = match_rule(graph, rule, strict=strict_targets)
     notes: list[str] = []
     rewrites = [_rewrite(graph, fqn, config, spec, adapter_name, notes) for fqn in matches]
-    if not spec.follows_ties:
+    if spec.follows_ties:   # modules sharing a weight with a target follow its layer (plan/ties.py)
+        tied = followers(graph, matches)
+        rewrites = [rw for rw in rewrites if rw.path not in tied]
+        rewrites += [_rewrite(graph, fqn, config, spec, adapter_name, notes, leader) for fqn, leader in tied.items()]
+    else:
         for fqn in matches:
             tied = graph.nodes[fqn]["tied_with"]
             if tied:
@@ -90,6 +97,9 @@ def add_heads(config, heads) -> None:
 def _fill_default_targets(config, model, spec) -> None:
     if getattr(config, "target_modules", None) is not None or getattr(config, "target_types", None):
         return
+    if callable(spec.default_targets):   # a method whose default depends on the model itself, not its type
+        config.target_modules = spec.default_targets(model)
+        return
     model_type = getattr(getattr(model, "config", None), "model_type", None)
     if model_type not in spec.default_targets:
         raise ConfigError(f"target_modules is not set and there is no {config.peft_type.value} default for "
@@ -109,7 +119,7 @@ def _check_layers(graph, rule) -> None:
                           f"valid layer indexes: {valid}")
 
 
-def _rewrite(graph, fqn: str, config, spec, adapter_name: str, notes: list) -> Rewrite:
+def _rewrite(graph, fqn: str, config, spec, adapter_name: str, notes: list, leader: Optional[str] = None) -> Rewrite:
     module = graph.nodes[fqn]["module"]
     wrapped = is_adapter_layer(module)
     base = module.get_base_layer() if wrapped else module
@@ -124,6 +134,8 @@ def _rewrite(graph, fqn: str, config, spec, adapter_name: str, notes: list) -> R
                             f"or delete_adapter({adapter_name!r}) first")
         action = "add"
     params = spec.rewrite_params(RewriteSite(fqn, base, config, notes))
+    if leader is not None:
+        params = {**params, TIED_TO: leader}
     return Rewrite(path=fqn, base_type=type(base).__name__, base_shape=weight_shape(base),
                    method=config.peft_type.value, adapter_name=adapter_name,
                    layer_class=qualified_name(handler.layer), action=action,

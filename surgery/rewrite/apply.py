@@ -14,6 +14,7 @@ from torch import nn
 from ..errors import PlanError
 from ..methods.registry import get_method
 from ..plan.model import Plan
+from ..plan.ties import TIED_TO
 from .modules_to_save import ModulesToSaveWrapper
 from .trainable import mark_trainable
 
@@ -50,20 +51,27 @@ def apply_plan(model: nn.Module, plan: Plan, config, active: Optional[list[str]]
     shared = None
     try:
         extra = {}
-        if spec.shared_state is not None:
-            shared = spec.shared_state(model, plan, config)
-            extra["shared"] = shared.tensors
+        if spec.shared_state is not None:   # kept on the tuner; layers get its live holders (see TunerModel)
+            if holder is None:
+                raise PlanError(f"{spec.label} adapters share state across their layers, which lives on the "
+                                f"PeftModel: use get_peft_model(model, config) instead of apply_rules")
+            shared = spec.shared_state(model, plan, config, holder)
+            extra["shared"] = holder.add_shared_state(name, shared)
+        layers: dict[str, nn.Module] = {}   # path -> its layer: a tie follower gets its leader's (plan/ties.py)
         for rw in plan.rewrites:
             parent, attr = parent_and_attr(model, rw.path)
             module = _child(parent, attr)
+            params = rw.params if TIED_TO not in rw.params else {**rw.params, TIED_TO: layers[rw.params[TIED_TO]]}
             if rw.action == "add":
-                module.update_layer(name, config, **rw.params, **extra)
+                module.update_layer(name, config, **params, **extra)
                 extended.append(module)
+                layers[rw.path] = module
                 continue
             layer = spec.layer_class(rw.layer_class)(module)
             layer.__dict__["_surgery_fqn"] = rw.path
-            layer.update_layer(name, config, **rw.params, **extra)
+            layer.update_layer(name, config, **params, **extra)
             built.append((parent, attr, layer))
+            layers[rw.path] = layer
         saved = []
         for entry in plan.modules_to_save:
             module = model.get_submodule(entry.path)
@@ -74,6 +82,8 @@ def apply_plan(model: nn.Module, plan: Plan, config, active: Optional[list[str]]
         for layer in extended:
             if name in layer.adapter_names():
                 layer.delete_adapter(name)
+        if shared is not None:
+            holder.delete_shared_state(name)
         if isinstance(exc, PlanError):
             raise
         raise PlanError(f"applying the plan failed before the model was changed: {exc}") from exc
@@ -83,8 +93,6 @@ def apply_plan(model: nn.Module, plan: Plan, config, active: Optional[list[str]]
     for parent, attr, wrapper, original in saved:
         if wrapper is not original:
             setattr(parent, attr, wrapper)
-    if shared is not None and holder is not None:
-        holder.add_shared_state(name, shared)
     mark_trainable(model, config, active or [name], [rw.path for rw in plan.rewrites])
     plan.applied = True
     return plan
