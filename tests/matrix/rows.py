@@ -51,4 +51,21 @@ ROWS = [
         second={"llama": dict(target_modules=["k_proj", "o_proj"], boft_block_size=0, boft_block_num=2,
                               boft_dropout=0.1),
                 "llama_bias": dict(target_modules=["k_proj", "down_proj"], boft_block_size=2)}),   # one bias adapter
+    Row("LNTuningConfig", {   # PEFT copies any targeted module; the default targets are the norms (none for bert)
+        "llama": dict(),
+        "llama_bias": dict(target_modules=["input_layernorm", "norm", "o_proj"]),
+        "gpt2": dict(),
+        "bert": dict(target_modules=["LayerNorm"]),
+        "t5": dict(),
+        "conv": dict(target_modules=["conv2d", "head"]),
+        "embedding": dict(target_modules=["emb"]),
+    }, scale=("ln_tuning_layers",),   # PEFT's forward fails where the active adapter is missing: a superset
+        second={"llama": dict(target_modules=["input_layernorm", "post_attention_layernorm", "norm", "k_proj"])}),
+    # PEFT wraps nn.Embedding and the Linear heads tied to it. The tied models (gpt2, t5) are left out: a second
+    # PEFT adapter there nests the head's layer and every forward fails; tests/methods/trainable_tokens covers them
+    Row("TrainableTokensConfig", {
+        "llama": dict(token_indices=[7, 20, 51, 57, 110, 123]),
+        "bert": dict(token_indices=[0, 7, 20, 51, 110]),   # 0: bert's padding_idx (no gradient, as in PEFT)
+        "embedding": dict(target_modules=["emb"], token_indices=[0, 7, 13, 39, 49]),
+    }, scale=("trainable_tokens_delta",), second={"llama": dict(token_indices=[61, 124, 117])}),
 ]

@@ -1,0 +1,93 @@
+"""LNTuningLayer: one trainable copy of the wrapped module per adapter; the active copy runs instead of it.
+
+    ln_tuning_layers[a] = deepcopy(base)        y = ln_tuning_layers[active](x)
+
+Merging swaps the active copy with the base module (PEFT's semantics, no arithmetic): after merge the tuned copy
+*is* `base_layer` (so merge_and_unload leaves it in the model) and the original waits in `ln_tuning_layers[a]`
+until unmerge swaps them back. One adapter runs, or is merged, at a time.
+"""
+from __future__ import annotations
+
+import copy
+from typing import Iterable, Optional, Union
+
+import torch
+from torch import nn
+
+from ...errors import ConfigError, MergeError
+from ..base_layer import AdapterLayer
+
+
+class LNTuningLayer(AdapterLayer):
+    adapter_layer_names = ("ln_tuning_layers",)
+
+    def __init__(self, base_layer: nn.Module):
+        super().__init__(base_layer)
+        self._modules["ln_tuning_layers"] = nn.ModuleDict()
+        self.ln_tuning_layers: nn.ModuleDict
+
+    def update_layer(self, adapter_name: str, config, copies: Optional[str] = None,
+                     non_norm: Optional[bool] = None) -> None:
+        """A copy of the (unmerged) module for adapter `adapter_name` (copies, non_norm: the plan's audit facts)."""
+        original = self.ln_tuning_layers[self.merged_adapters[-1]] if self.merged else self.base_layer
+        trains = not config.inference_mode and (not self._active_adapters or adapter_name in self._active_adapters)
+        self.ln_tuning_layers[adapter_name] = copy.deepcopy(original).requires_grad_(trains)   # nested ones too
+        self.mark_new_adapter(adapter_name, config)
+
+    def set_adapter(self, adapter_names: Union[str, Iterable[str]], trainable: bool = True) -> None:
+        names = [adapter_names] if isinstance(adapter_names, str) else list(adapter_names)
+        super().set_adapter(names, trainable)
+        for name, module in self.ln_tuning_layers.items():   # every parameter of each copy, nested ones too
+            module.requires_grad_(trainable and name in names)
+
+    # -- forward ---------------------------------------------------------------------------------------
+    def forward(self, x: torch.Tensor, *args, **kwargs):
+        if self._disable_adapters:
+            if self.merged:
+                self.unmerge()
+            return self.base_layer(x, *args, **kwargs)
+        if self.merged or not self._active_adapters:
+            return self.base_layer(x, *args, **kwargs)
+        if len(self._active_adapters) > 1:
+            raise ConfigError(f"{self._name()}: LN tuning runs one adapter at a time; active adapters are "
+                              f"{self._active_adapters} (set_adapter one of them)")
+        return self.ln_tuning_layers[self._active_adapters[0]](x, *args, **kwargs)
+
+    # -- merge: a swap -----------------------------------------------------------------------------------
+    def _to_merge(self, adapter_names: Optional[list[str]]) -> list[str]:
+        names = [n for n in (adapter_names or self._active_adapters)
+                 if n in self.ln_tuning_layers and n not in self.merged_adapters]
+        if len(names) > 1:
+            raise MergeError(f"{self._name()}: LN tuning merges one adapter at a time, not {names}; merge one "
+                             f"(adapter_names=[...]) and unmerge it before merging another")
+        return names
+
+    @torch.no_grad()
+    def check_merge(self, adapter_names: Optional[list[str]] = None) -> None:
+        """Raise MergeError if the copy to merge holds NaN/inf (a safe merge refuses it); changes nothing."""
+        for name in self._to_merge(adapter_names):
+            if not all(torch.isfinite(t).all() for t in self.ln_tuning_layers[name].state_dict().values()
+                       if t.is_floating_point()):
+                raise MergeError(f"merging adapter {name!r} into {self._name()} would produce NaN/inf weights; "
+                                 f"the layer was left unmerged")
+
+    def merge(self, safe_merge: bool = False, adapter_names: Optional[list[str]] = None) -> None:
+        names = self._to_merge(adapter_names)
+        if not names:
+            return
+        if safe_merge:
+            self.check_merge(names)
+        if self.merged:   # PEFT: another adapter is merged; unmerge it first
+            self.unmerge()
+        self._swap(names[0])
+        self.merged_adapters.append(names[0])
+
+    def unmerge(self) -> None:
+        if self.merged_adapters:
+            self._swap(self.merged_adapters.pop())
+
+    def _swap(self, name: str) -> None:
+        self._modules["base_layer"], self.ln_tuning_layers[name] = self.ln_tuning_layers[name], self._modules["base_layer"]
+
+    def _name(self) -> str:
+        return getattr(self, "_surgery_fqn", type(self.get_base_layer()).__name__)
