@@ -68,4 +68,25 @@ ROWS = [
         "bert": dict(token_indices=[0, 7, 20, 51, 110]),   # 0: bert's padding_idx (no gradient, as in PEFT)
         "embedding": dict(target_modules=["emb"], token_indices=[0, 7, 13, 39, 49]),
     }, scale=("trainable_tokens_delta",), second={"llama": dict(token_indices=[61, 124, 117])}),
+    Row("LoHaConfig", {   # PEFT wraps nn.Linear, Conv1d and Conv2d only (not GPT-2's Conv1D, Conv3d, embeddings)
+        "llama": dict(target_modules=["q_proj", "v_proj", "down_proj"], r=4),
+        "llama_bias": dict(target_modules=["q_proj", "o_proj", "up_proj"], r=2, alpha=4, rank_dropout=0.2),
+        "bert": dict(target_modules=["query", "value"], r=4, module_dropout=0.5),
+        "t5": dict(target_modules=["q", "v", "wo"], r=4, rank_pattern={"wo": 2}, alpha_pattern={"q": 16}),
+        "conv": dict(target_modules=["conv2d", "conv2d_strided", "conv1d", "head"], r=2),
+        "embedding": dict(target_modules=["lin0", "lin1"], r=3, init_weights=False),
+    }, std=0.3,   # a Hadamard product of products of N(0, std) factors: 0.1 barely moves the outputs
+        second={"llama": dict(target_modules=["k_proj", "o_proj"], r=2, alpha=4),
+                "conv": dict(target_modules=["conv2d", "conv2d_strided", "conv1d"], r=3, use_effective_conv2d=True)}),
+    Row("LoKrConfig", {   # PEFT wraps nn.Linear, Conv1d and Conv2d only (not GPT-2's Conv1D, Conv3d, embeddings)
+        "llama": dict(target_modules=["q_proj", "v_proj", "down_proj"], r=4),
+        "llama_bias": dict(target_modules=["q_proj", "o_proj", "up_proj"], r=1, decompose_both=True,
+                           rank_dropout=0.2, rank_dropout_scale=True),
+        "bert": dict(target_modules=["query", "value"], r=16, decompose_factor=4, module_dropout=0.5),
+        "t5": dict(target_modules=["q", "v", "wo"], r=2, rank_pattern={"wo": 8}, alpha_pattern={"q": 16}),
+        "conv": dict(target_modules=["conv2d", "conv2d_strided", "conv1d", "head"], r=2),
+        "embedding": dict(target_modules=["lin0", "lin1"], r=2, init_weights="lycoris"),
+    }, second={"llama": dict(target_modules=["k_proj", "o_proj"], r=1, decompose_both=True, init_weights=False),
+               # PEFT's LoKr Conv1d with use_effective_conv2d fails in torch.kron (torch 2.13): Conv2d only
+               "conv": dict(target_modules=["conv2d", "conv2d_strided"], r=1, use_effective_conv2d=True)}),
 ]
