@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from ..graph.walk import is_adapter_layer
+from ..methods.registry import get_method
 
 logger = logging.getLogger(__name__)
 
@@ -50,7 +51,7 @@ def resolve(peft_model, config, value: Union[bool, str]) -> tuple[bool, bool]:
     targeted = embedding_is_targeted(base, config)
     if value != "auto":
         return bool(value), targeted
-    if targeted:
+    if targeted and get_method(config.peft_type).saves_targeted_embeddings:
         logger.warning("save_embedding_layers='auto': saving the embedding layers, which are in target_modules")
         return True, targeted
     vocab = getattr(getattr(base, "config", None), "vocab_size", None)

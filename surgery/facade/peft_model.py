@@ -73,7 +73,7 @@ class PeftModel(PersistenceMixin, TrainingMixin, nn.Module):
         apply_plan(model, plan, config, active=active, holder=self.base_model)
         if state is not None:
             state.attach(adapter_name, staged)
-        if autocast_adapter_dtype:
+        if autocast_adapter_dtype and spec.upcasts_adapters:
             upcast_adapter(model, adapter_name)
         self.plans[adapter_name] = plan
         self.peft_config[adapter_name] = config

@@ -81,6 +81,9 @@ class MethodSpec:
     merge_refusal: str = ""                     # why, when not mergeable
     mixed_batch: bool = False                   # adapter_names= (one adapter per sample) supported
     frozen_on_load: str = ""                    # why a saved adapter cannot be loaded trainable (empty: it can)
+    upcasts_adapters: bool = True               # float32 adapters on half-precision bases (autocast_adapter_dtype);
+                                                # False where the adapter is a copy of base modules (keeps their dtype)
+    saves_targeted_embeddings: bool = True      # save_embedding_layers="auto" saves embeddings that are targets
     collapsed_keys: tuple[str, ...] = ()
     # (model, plan, config, tuner) -> SharedState; tuner: the TunerModel (its peft_config and shared_tensors
     # are the other adapters'). Layers get `shared=` {name: holder}: index holder[adapter_name] when run

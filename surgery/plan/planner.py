@@ -104,7 +104,8 @@ def _fill_default_targets(config, model, spec) -> None:
     if model_type not in spec.default_targets:
         raise ConfigError(f"target_modules is not set and there is no {config.peft_type.value} default for "
                           f"model_type {model_type!r}; set target_modules (names, a regex, or 'all-linear')")
-    config.target_modules = list(spec.default_targets[model_type])
+    default = spec.default_targets[model_type]
+    config.target_modules = default if isinstance(default, str) else list(default)   # a regex stays one string
 
 
 def _check_layers(graph, rule) -> None:

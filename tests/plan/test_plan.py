@@ -234,3 +234,13 @@ def test_reference_example_bert_base_cased_question_answering():
     assert p.totals_line().startswith("trainable params: 591,362 || all params: 108,312,580 || trainable%: ")
     assert [m.path for m in p.modules_to_save] == ["qa_outputs"]
     assert printed_line(surgery.get_peft_model(ours_model, surgery.LoraConfig(**kwargs))) == p.totals_line()
+
+
+def test_a_regex_default_target_stays_one_regex(monkeypatch):
+    """Some PEFT defaults are a regex string (gemma4's): it must not be split into characters."""
+    from surgery.methods.lora import SPEC
+
+    monkeypatch.setitem(SPEC.default_targets, "llama", r".*\.self_attn\.(q|v)_proj")
+    p = surgery.plan(tm.tiny_llama(), surgery.LoraConfig(r=2))
+    assert p.config["target_modules"] == r".*\.self_attn\.(q|v)_proj"
+    assert len(p.rewrites) == 4 and all(r.path.endswith(("q_proj", "v_proj")) for r in p.rewrites)

@@ -72,4 +72,5 @@ SPEC = MethodSpec(
     columns=(("copies", "copies"),),
     flags=(("not a norm", "non_norm"),),
     default_targets=DEFAULT_TARGETS,
+    upcasts_adapters=False,   # the copies are the model's own modules: they keep its dtype (as PEFT)
 )

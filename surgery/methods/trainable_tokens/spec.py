@@ -73,4 +73,5 @@ SPEC = MethodSpec(
     columns=(("tokens", "tokens"), ("follows", "tied_to")),
     default_targets=input_embedding_name,
     follows_ties=True,
+    saves_targeted_embeddings=False,   # the adapter is the trained rows: the full embedding is not saved (as PEFT)
 )

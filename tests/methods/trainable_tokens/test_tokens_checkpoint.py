@@ -43,9 +43,6 @@ def test_an_explicit_module_list_saves_peft_keys_on_llama():
     assert sorted(surgery.get_peft_model_state_dict(ours)) == sorted(peft.get_peft_model_state_dict(theirs))
 
 
-@pytest.mark.xfail(strict=True, reason="core gap: surgery.checkpoint.embeddings.resolve saves the full embedding "
-                   "weights when target_modules names embed_tokens (save_embedding_layers='auto'); PEFT skips that "
-                   "for trainable tokens. Needs a method-blind spec flag (see the method's report)")
 def test_the_default_target_on_llama_saves_peft_keys():
     ours, theirs = _models(lambda: tm.tiny_llama(tie_word_embeddings=True), token_indices=[1, 2])
     assert sorted(surgery.get_peft_model_state_dict(ours)) == sorted(peft.get_peft_model_state_dict(theirs))
