@@ -16,6 +16,8 @@ _SPECS = {
     PeftType.PROMPT_TUNING: "surgery.methods.prompt:PROMPT_TUNING",
     PeftType.P_TUNING: "surgery.methods.prompt:P_TUNING",
     PeftType.PREFIX_TUNING: "surgery.methods.prompt:PREFIX_TUNING",
+    PeftType.HRA: "surgery.methods.hra:SPEC",
+    PeftType.VERA: "surgery.methods.vera:SPEC",
     PeftType.LOKR: "surgery.methods.lokr:SPEC",
     PeftType.LOHA: "surgery.methods.loha:SPEC",
     PeftType.TRAINABLE_TOKENS: "surgery.methods.trainable_tokens:SPEC",

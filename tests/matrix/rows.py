@@ -89,4 +89,23 @@ ROWS = [
     }, second={"llama": dict(target_modules=["k_proj", "o_proj"], r=1, decompose_both=True, init_weights=False),
                # PEFT's LoKr Conv1d with use_effective_conv2d fails in torch.kron (torch 2.13): Conv2d only
                "conv": dict(target_modules=["conv2d", "conv2d_strided"], r=1, use_effective_conv2d=True)}),
+    Row("VeraConfig", {   # PEFT wraps nn.Linear and GPT-2's Conv1D only; a second adapter shares the projections
+        "llama": dict(target_modules=["q_proj", "v_proj", "down_proj"], r=4),
+        "llama_bias": dict(target_modules=["q_proj", "o_proj", "up_proj"], r=4, bias="vera_only"),
+        "gpt2": dict(target_modules=["c_attn", "c_fc"], r=4, fan_in_fan_out=True),
+        "bert": dict(target_modules=["query", "value"], r=4, save_projection=False),
+        "t5": dict(target_modules=["q", "v", "wo"], r=4, projection_prng_key=7),
+        "conv": dict(target_modules=["head"], r=2),
+        "embedding": dict(target_modules=["lin0", "lin1"], r=4),
+    }, second={"llama": dict(target_modules=["k_proj", "o_proj"], r=4, init_weights=False),
+               "llama_bias": dict(target_modules=["k_proj", "v_proj"], r=4)}),
+    Row("HRAConfig", {   # PEFT wraps nn.Linear and nn.Conv2d only (not GPT-2's Conv1D, nor embeddings)
+        "llama": dict(target_modules=["q_proj", "v_proj", "down_proj"], r=4),
+        "llama_bias": dict(target_modules=["q_proj", "o_proj", "up_proj"], r=2, bias="hra_only"),
+        "bert": dict(target_modules=["query", "value"], r=4, apply_GS=True),
+        "t5": dict(target_modules=["q", "v", "wo"], r=6),
+        "conv": dict(target_modules=["conv2d", "conv2d_strided", "head"], r=2),
+        "embedding": dict(target_modules=["lin0", "lin1"], r=3, init_weights=False),
+    }, second={"llama": dict(target_modules=["k_proj", "o_proj", "down_proj"], r=2, apply_GS=True),
+               "llama_bias": dict(target_modules=["k_proj", "down_proj"], r=4)}),
 ]
