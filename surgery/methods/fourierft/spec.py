@@ -1,0 +1,84 @@
+"""FourierFT's registry entry: nn.Linear and transformers' Conv1D, n_frequency per module (n_frequency_pattern
+applied with PEFT's lookup), each rewrite adding its n coefficients.
+"""
+from __future__ import annotations
+
+import re
+
+from torch import nn
+
+from ...config.enums import PeftType
+from ...graph.kinds import in_out_features, is_conv1d, is_linear_like
+from ..spec import Handler, MethodSpec, RewriteSite
+from .config import FourierFTConfig
+from .layer import FourierFTLinear
+from .model import FourierFTModel
+
+# PEFT's TRANSFORMERS_MODELS_TO_FOURIERFT_TARGET_MODULES_MAPPING (LoRA's, with GPT-2's MLP projection)
+DEFAULT_TARGETS = {
+    "t5": ["q", "v"], "mt5": ["q", "v"], "bart": ["q_proj", "v_proj"], "gpt2": ["mlp.c_proj"],
+    "bloom": ["query_key_value"], "blip-2": ["q", "v", "q_proj", "v_proj"], "opt": ["q_proj", "v_proj"],
+    "gptj": ["q_proj", "v_proj"], "gpt_neox": ["query_key_value"], "gpt_neo": ["q_proj", "v_proj"],
+    "bert": ["query", "value"], "roberta": ["query", "value"], "xlm-roberta": ["query", "value"],
+    "electra": ["query", "value"], "deberta-v2": ["query_proj", "value_proj"], "deberta": ["in_proj"],
+    "layoutlm": ["query", "value"], "llama": ["q_proj", "v_proj"], "llama4": ["q_proj", "v_proj"],
+    "chatglm": ["query_key_value"], "gpt_bigcode": ["mlp.c_proj"], "mpt": ["Wqkv"],
+    "RefinedWebModel": ["query_key_value"], "RefinedWeb": ["query_key_value"], "falcon": ["query_key_value"],
+    "btlm": ["c_proj", "c_attn"], "codegen": ["qkv_proj"], "mistral": ["q_proj", "v_proj"],
+    "mixtral": ["q_proj", "v_proj"], "stablelm": ["q_proj", "v_proj"], "phi": ["q_proj", "v_proj", "fc1", "fc2"],
+    "gemma": ["q_proj", "v_proj"], "gemma2": ["q_proj", "v_proj"], "gemma3_text": ["q_proj", "v_proj"],
+    "qwen2": ["q_proj", "v_proj"], "qwen3": ["q_proj", "v_proj"],
+    "nemotron_h": ["q_proj", "k_proj", "v_proj", "o_proj"], "rwkv": ["key", "value", "receptance", "output"],
+    "rwkv7": ["r_proj", "k_proj", "v_proj", "o_proj", "key", "value"],
+    "gemma4": r".*language_model\..*\.(q_proj|v_proj)",   # a regex: kept as one string
+}
+
+
+def n_frequency_for(config: FourierFTConfig, fqn: str) -> int:
+    """PEFT's lookup: the first key k with re.match(rf'.*\\.{k}$', fqn), else the full path itself as a key."""
+    patterns = config.n_frequency_pattern or {}
+    key = next((k for k in patterns if re.match(rf".*\.{k}$", fqn)), fqn)
+    return patterns.get(key, config.n_frequency)
+
+
+def _too_many_frequencies(base: nn.Module, config: FourierFTConfig, fqn: str):
+    in_f, out_f = in_out_features(base)
+    n = n_frequency_for(config, fqn)
+    if n > in_f * out_f:
+        return (f"n_frequency = {n} for {fqn!r} ({out_f} x {in_f}) exceeds its {in_f * out_f} weight entries; "
+                f"lower n_frequency or give this module a smaller one in n_frequency_pattern")
+    return None
+
+
+HANDLERS = (
+    Handler(is_linear_like, FourierFTLinear, "torch.nn.Linear, transformers.pytorch_utils.Conv1D",
+            refuses=_too_many_frequencies),
+)
+
+
+def rewrite_params(site: RewriteSite) -> dict:
+    config = site.config
+    if is_conv1d(site.base) and not config.fan_in_fan_out:
+        site.note("transformers Conv1D layers store weights (in, out): fan_in_fan_out is set to True for them, "
+                  "as PEFT does")
+    if isinstance(site.base, nn.Linear) and config.fan_in_fan_out:
+        site.note("fan_in_fan_out=True but the targets are torch Linear layers: using False for them")
+    return {"n_frequency": n_frequency_for(config, site.fqn), "scaling": config.scaling}
+
+
+def added_params(base: nn.Module, params: dict, config: FourierFTConfig) -> int:
+    return params["n_frequency"]
+
+
+SPEC = MethodSpec(
+    peft_type=PeftType.FOURIERFT,
+    config_cls=FourierFTConfig,
+    tuner_cls=FourierFTModel,
+    name="FourierFT",
+    handlers=HANDLERS,
+    rewrite_params=rewrite_params,
+    added_params=added_params,
+    columns=(("n_frequency", "n_frequency"), ("scaling", "scaling")),
+    default_targets=DEFAULT_TARGETS,
+    checkpoint_rank=lambda tensors: next((t.shape[0] for k, t in tensors.items() if k == "fourierft_spectrum"), ""),
+)
