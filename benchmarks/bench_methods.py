@@ -32,7 +32,8 @@ METHODS = {
     "LoHa": ("LoHaConfig", dict(target_modules=LINEAR, r=8), 1.0),
     "LoKr": ("LoKrConfig", dict(target_modules=LINEAR, r=8), 1.0),
     "OFT": ("OFTConfig", dict(target_modules=LINEAR, r=0, oft_block_size=32), 0.7),
-    "BOFT": ("BOFTConfig", dict(target_modules=LINEAR, boft_block_size=8, boft_n_butterfly_factor=2), 0.5),
+    # one butterfly factor: PEFT on CPU builds one whatever the config says (more need its CUDA extension)
+    "BOFT": ("BOFTConfig", dict(target_modules=LINEAR, boft_block_size=8, boft_n_butterfly_factor=1), 0.5),
     "VeRA": ("VeraConfig", dict(target_modules=LINEAR, r=64), 1.0),
     "LN-tuning": ("LNTuningConfig", dict(target_modules=["input_layernorm", "post_attention_layernorm"]), 1.0),
     "TrainableTokens": ("TrainableTokensConfig", dict(target_modules=["embed_tokens"], token_indices=list(range(64))),

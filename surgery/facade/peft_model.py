@@ -52,12 +52,12 @@ class PeftModel(PersistenceMixin, TrainingMixin, nn.Module):
         self.base_model = get_method(peft_config.peft_type).tuner_cls(model, self.peft_config)
         self.special_peft_forward_args = {"adapter_names"}
         self._add(adapter_name, peft_config, activate=True, strict=kwargs.pop("_strict_targets", True),
-                  autocast_adapter_dtype=autocast_adapter_dtype)
+                  autocast_adapter_dtype=autocast_adapter_dtype, checkpoint_shapes=kwargs.pop("_checkpoint_shapes", None))
         self._prepare_for_gradient_checkpointing(model)
 
     # -- adapters --------------------------------------------------------------------------------------
     def _add(self, adapter_name: str, peft_config: PeftConfig, activate: bool, strict: bool = True,
-             autocast_adapter_dtype: bool = True) -> Plan:
+             autocast_adapter_dtype: bool = True, checkpoint_shapes: Optional[dict] = None) -> Plan:
         validate_adapter_name(adapter_name)
         if adapter_name in self.peft_config:
             raise AdapterNameError(f"adapter {adapter_name!r} already exists; delete_adapter({adapter_name!r}) "
@@ -66,7 +66,7 @@ class PeftModel(PersistenceMixin, TrainingMixin, nn.Module):
         spec = get_method(peft_config.peft_type)
         model = self.get_base_model()
         plan, config = plan_with_config(model, peft_config, adapter_name, strict_targets=strict,
-                                        heads=self.default_modules_to_save)
+                                        heads=self.default_modules_to_save, checkpoint_shapes=checkpoint_shapes)
         state = self._injected_state(spec, create=True) if spec.injector is not None else None
         staged = state.stage(model, plan, config) if state is not None else None   # may fail: nothing changed
         active = [adapter_name] if activate else self.active_adapters

@@ -76,7 +76,7 @@ class PersistenceMixin:
         target_cls = cls.task_classes.get(config.task_type, cls) if cls.__name__ == "PeftModel" else cls
         tensors = read_tensors(directory)  # read and validated before the model changes
         peft_model = target_cls(model, config, adapter_name, _strict_targets=False,
-                                autocast_adapter_dtype=autocast_adapter_dtype)
+                                autocast_adapter_dtype=autocast_adapter_dtype, _checkpoint_shapes=_shapes(tensors))
         try:
             set_peft_model_state_dict(peft_model, tensors, adapter_name)
         except Exception:
@@ -97,13 +97,18 @@ class PersistenceMixin:
         _check_trainable(config, is_trainable)
         config.inference_mode = not is_trainable
         tensors = read_tensors(directory)  # read and validated before the model changes
-        self._add(adapter_name, config, activate=False, strict=False, autocast_adapter_dtype=autocast_adapter_dtype)
+        self._add(adapter_name, config, activate=False, strict=False, autocast_adapter_dtype=autocast_adapter_dtype,
+                  checkpoint_shapes=_shapes(tensors))
         try:
             set_peft_model_state_dict(self, tensors, adapter_name)
         except Exception:
             self.delete_adapter(adapter_name)
             raise
         return None
+
+
+def _shapes(tensors: dict) -> dict:
+    return {key: tuple(tensor.shape) for key, tensor in tensors.items()}
 
 
 def _check_trainable(config, is_trainable: bool) -> None:

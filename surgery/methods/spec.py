@@ -46,6 +46,9 @@ class RewriteSite:
     base: nn.Module          # the module to adapt (the base layer when it is wrapped already)
     config: Any              # the method config being planned (resolved; do not mutate)
     notes: list              # append plan warnings here (shown once per distinct text)
+    # when loading a checkpoint: the shapes it holds under this module ({"lora_A.weight": (r, in), ...}), so a
+    # method whose saved shapes can differ from what its config implies plans what the checkpoint holds
+    saved: dict = field(default_factory=dict)
 
     def note(self, message: str) -> None:
         if message not in self.notes:

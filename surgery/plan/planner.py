@@ -29,16 +29,20 @@ logger = logging.getLogger(__name__)
 
 
 def plan(model: nn.Module, config: Union[PeftConfig, dict, str], adapter_name: str = "default", *,
-         strict_targets: bool = True, heads: Optional[tuple[str, ...]] = None) -> Plan:
+         strict_targets: bool = True, heads: Optional[tuple[str, ...]] = None,
+         checkpoint_shapes: Optional[dict] = None) -> Plan:
     """A dry run: the Plan of rewrites `config` would make on `model` (works on a meta-device model).
 
     heads: modules trained in full besides config.modules_to_save (default: the task type's heads, e.g. the
-    classifier for SEQ_CLS; a PeftModel class passes its own)."""
-    return plan_with_config(model, config, adapter_name, strict_targets=strict_targets, heads=heads)[0]
+    classifier for SEQ_CLS; a PeftModel class passes its own). checkpoint_shapes: {checkpoint key: shape} of the
+    adapter being loaded, if any (see RewriteSite.saved)."""
+    return plan_with_config(model, config, adapter_name, strict_targets=strict_targets, heads=heads,
+                            checkpoint_shapes=checkpoint_shapes)[0]
 
 
 def plan_with_config(model: nn.Module, config, adapter_name: str = "default", *, strict_targets: bool = True,
-                     heads: Optional[tuple[str, ...]] = None) -> tuple[Plan, PeftConfig]:
+                     heads: Optional[tuple[str, ...]] = None,
+                     checkpoint_shapes: Optional[dict] = None) -> tuple[Plan, PeftConfig]:
     """The Plan and the resolved config object it applies (the caller's config is copied once, here)."""
     config = load_config(config)
     validate_adapter_name(adapter_name)
@@ -57,7 +61,8 @@ def plan_with_config(model: nn.Module, config, adapter_name: str = "default", *,
     _check_layers(graph, rule)
     matches = match_rule(graph, rule, strict=strict_targets)
     notes: list[str] = []
-    rewrites = [_rewrite(graph, fqn, config, spec, adapter_name, notes) for fqn in matches]
+    saved = _saved_by_module(checkpoint_shapes, matches)
+    rewrites = [_rewrite(graph, fqn, config, spec, adapter_name, notes, saved=saved.get(fqn)) for fqn in matches]
     if spec.follows_ties:   # modules sharing a weight with a target follow its layer (plan/ties.py)
         tied = followers(graph, matches)
         rewrites = [rw for rw in rewrites if rw.path not in tied]
@@ -120,7 +125,24 @@ def _check_layers(graph, rule) -> None:
                           f"valid layer indexes: {valid}")
 
 
-def _rewrite(graph, fqn: str, config, spec, adapter_name: str, notes: list, leader: Optional[str] = None) -> Rewrite:
+def _saved_by_module(shapes: Optional[dict], matches: list[str]) -> dict[str, dict]:
+    """{module path: {key below it: shape}} of a checkpoint's tensors, for the matched modules."""
+    out: dict[str, dict] = {}
+    if not shapes:
+        return out
+    targets = set(matches)
+    for key, shape in shapes.items():
+        parts = key.removeprefix("base_model.model.").split(".")
+        for cut in range(len(parts) - 1, 0, -1):   # the longest module path that is a match
+            path = ".".join(parts[:cut])
+            if path in targets:
+                out.setdefault(path, {})[".".join(parts[cut:])] = tuple(shape)
+                break
+    return out
+
+
+def _rewrite(graph, fqn: str, config, spec, adapter_name: str, notes: list, leader: Optional[str] = None,
+             saved: Optional[dict] = None) -> Rewrite:
     module = graph.nodes[fqn]["module"]
     wrapped = is_adapter_layer(module)
     base = module.get_base_layer() if wrapped else module
@@ -134,7 +156,7 @@ def _rewrite(graph, fqn: str, config, spec, adapter_name: str, notes: list, lead
             raise PlanError(f"adapter {adapter_name!r} already exists on {fqn}; pick another adapter_name "
                             f"or delete_adapter({adapter_name!r}) first")
         action = "add"
-    params = spec.rewrite_params(RewriteSite(fqn, base, config, notes))
+    params = spec.rewrite_params(RewriteSite(fqn, base, config, notes, saved or {}))
     if leader is not None:
         params = {**params, TIED_TO: leader}
     return Rewrite(path=fqn, base_type=type(base).__name__, base_shape=weight_shape(base),

@@ -2,8 +2,9 @@
 
 Butterfly factors: PEFT 0.21.2 builds boft_n_butterfly_factor > 1 only through its fbd_cuda CUDA extension;
 without it (on CPU, or wherever the extension does not compile) it warns and uses ONE factor, and saves R as
-(1, D, b, b). surgery follows that path, so its adapters load in PEFT and PEFT's in surgery; the plan says so.
-The layers themselves rotate with any number of factors (update_layer's boft_n_butterfly_factor).
+(1, D, b, b) under a config that still says n. surgery builds the n factors the config asks for (what PEFT does
+where its extension runs), on any device; when it loads a checkpoint, R's saved shape decides, so adapters
+PEFT trained either way load with their own factor count (the plan says so when it differs from the config).
 """
 from __future__ import annotations
 
@@ -38,10 +39,10 @@ DEFAULT_TARGETS = {
     "rwkv7": ["r_proj", "k_proj", "v_proj", "o_proj", "key", "value"],
 }
 
-FACTOR_NOTE = ("boft_n_butterfly_factor = {n}: PEFT 0.21.2 builds more than one butterfly factor only with its "
-               "fbd_cuda CUDA extension; without it (CPU, or an extension that does not compile) PEFT uses one "
-               "factor and saves boft_R as (1, blocks, b, b). surgery does the same, so adapters load both ways: "
-               "each rotation is block-diagonal with the blocks of boft_block_size/boft_block_num")
+FACTOR_NOTE = ("boft_n_butterfly_factor = {n} but the checkpoint's boft_R holds {saved} factor(s) (PEFT builds more "
+               "than one only with its fbd_cuda CUDA extension): loading the {saved} it holds")
+CPU_PEFT_NOTE = ("boft_n_butterfly_factor = {n}: PEFT 0.21.2 without its fbd_cuda CUDA extension (on CPU) would use "
+                 "one factor; surgery builds the {n} asked for, as PEFT does where the extension runs")
 
 
 def rotated_features(base: nn.Module) -> int:
@@ -84,12 +85,17 @@ HANDLERS = (
 
 def rewrite_params(site: RewriteSite) -> dict:
     config = site.config
-    if config.boft_n_butterfly_factor > 1:
-        site.note(FACTOR_NOTE.format(n=config.boft_n_butterfly_factor))
+    factors = config.boft_n_butterfly_factor
+    saved = site.saved.get("boft_R")
+    if saved is not None and saved[0] != factors:
+        site.note(FACTOR_NOTE.format(n=factors, saved=saved[0]))
+        factors = saved[0]
+    elif saved is None and factors > 1:
+        site.note(CPU_PEFT_NOTE.format(n=factors))
     if config.fan_in_fan_out and isinstance(site.base, nn.Linear):
         site.note("fan_in_fan_out=True but the targets are torch Linear layers: using False for them, as PEFT does")
     size, num = layout(rotated_features(site.base), config)
-    return {"boft_block_size": size, "boft_block_num": num, "boft_n_butterfly_factor": 1}
+    return {"boft_block_size": size, "boft_block_num": num, "boft_n_butterfly_factor": factors}
 
 
 def added_params(base: nn.Module, params: dict, config: BOFTConfig) -> int:

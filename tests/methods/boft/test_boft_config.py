@@ -104,17 +104,29 @@ def test_conv_geometries_peft_would_get_wrong_are_refused(conv_kwargs, message):
         _plan(_Convs(**conv_kwargs), target_modules=["conv"], boft_block_size=0, boft_block_num=1)
 
 
-def test_more_butterfly_factors_plan_as_peft_s_cpu_path_and_say_so(caplog):
+def test_more_butterfly_factors_are_built_as_asked_and_said_to_differ_from_cpu_peft(caplog):
     model = tm.tiny_llama()
     with caplog.at_level(logging.WARNING):
         plan = _plan(model, target_modules=["q_proj"], boft_block_size=4, boft_n_butterfly_factor=2)
-    assert any("fbd_cuda" in w and "one factor" in w for w in plan.warnings)
-    assert {r.params["boft_n_butterfly_factor"] for r in plan.rewrites} == {1}
-    assert plan.config["boft_n_butterfly_factor"] == 2           # saved as given, as peft saves it
-    peft_model = surgery.get_peft_model(model, surgery.BOFTConfig(target_modules=["q_proj"], boft_block_size=4,
-                                                                  boft_n_butterfly_factor=2))
+    assert any("fbd_cuda" in w and "would use one factor" in w for w in plan.warnings)
+    assert {r.params["boft_n_butterfly_factor"] for r in plan.rewrites} == {2}
+    config = surgery.BOFTConfig(target_modules=["q_proj"], boft_block_size=4, boft_n_butterfly_factor=2)
+    peft_model = surgery.get_peft_model(model, config)
     shapes = {tuple(p.shape) for n, p in peft_model.named_parameters() if "boft_R" in n}
-    assert shapes == {(1, 8, 4, 4)}
+    assert shapes == {(2, 8, 4, 4)}
+
+
+def test_a_checkpoint_decides_the_factor_count(tmp_path):
+    """CPU PEFT saves one factor under a config saying 2; a GPU-trained adapter holds 2: both load as saved."""
+    one = surgery.get_peft_model(tm.tiny_llama(), surgery.BOFTConfig(target_modules=["q_proj"], boft_block_size=4))
+    one.save_pretrained(tmp_path)
+    path = tmp_path / "adapter_config.json"
+    path.write_text(path.read_text().replace('"boft_n_butterfly_factor": 1', '"boft_n_butterfly_factor": 2'))
+    loaded = surgery.PeftModel.from_pretrained(tm.tiny_llama(), str(tmp_path))
+    assert {tuple(p.shape) for n, p in loaded.named_parameters() if "boft_R" in n} == {(1, 8, 4, 4)}
+    assert any("holds 1 factor" in w for w in loaded.plan().warnings)
+    ids = tm.token_batch()
+    assert torch.equal(loaded(input_ids=ids).logits, one.eval()(input_ids=ids).logits)
 
 
 def test_fan_in_fan_out_on_linear_is_noted():
