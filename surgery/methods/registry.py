@@ -16,6 +16,7 @@ _SPECS = {
     PeftType.PROMPT_TUNING: "surgery.methods.prompt:PROMPT_TUNING",
     PeftType.P_TUNING: "surgery.methods.prompt:P_TUNING",
     PeftType.PREFIX_TUNING: "surgery.methods.prompt:PREFIX_TUNING",
+    PeftType.OFT: "surgery.methods.oft:SPEC",
     PeftType.FOURIERFT: "surgery.methods.fourierft:SPEC",
     PeftType.IA3: "surgery.methods.ia3:SPEC",
     PeftType.HRA: "surgery.methods.hra:SPEC",

@@ -131,4 +131,15 @@ ROWS = [
         "embedding": dict(target_modules=["lin0", "lin1"], n_frequency=32),
     }, second={"llama": dict(target_modules=["k_proj", "o_proj"], n_frequency=16, random_loc_seed=11, scaling=50.0),
                "llama_bias": dict(target_modules=["k_proj", "down_proj"], n_frequency=16)}),
+    Row("OFTConfig", {   # PEFT wraps nn.Linear, nn.Conv2d and nn.Embedding (not GPT-2's Conv1D, nor Conv1d/3d)
+        "llama": dict(target_modules=["q_proj", "v_proj", "down_proj"], oft_block_size=8),
+        "llama_bias": dict(target_modules=["q_proj", "o_proj", "up_proj"], r=4, oft_block_size=0, bias="oft_only"),
+        "gpt2": dict(target_modules=["wpe"], oft_block_size=8),   # its Conv1D layers are not OFT targets in PEFT
+        "bert": dict(target_modules=["query", "value"], oft_block_size=8, use_cayley_neumann=False),
+        "t5": dict(target_modules=["q", "v", "wo"], oft_block_size=8, coft=True, eps=0.05),
+        # the 3x3 convs are left out: PEFT's OFT forward on k > 1 kernels does not survive a merge
+        "conv": dict(target_modules=["head"], oft_block_size=4),
+        "embedding": dict(target_modules=["emb", "lin0"], oft_block_size=4, block_share=True),
+    }, second={"llama": dict(target_modules=["k_proj", "o_proj"], r=2, oft_block_size=0, num_cayley_neumann_terms=3),
+               "llama_bias": dict(target_modules=["k_proj", "down_proj"], oft_block_size=4)}),   # PEFT: one bias adapter
 ]

@@ -1,0 +1,104 @@
+"""OFT's registry entry: which layer class wraps which base type, each rewrite's block layout, and its cost.
+
+PEFT 0.21.2 wraps torch.nn.Linear, nn.Conv2d and nn.Embedding (not transformers' Conv1D, nor Conv1d/3d).
+Per matched module the plan records r (blocks) and oft_block_size, resolved from the config's one non-zero
+value against the module's rotated dimension; a value that does not divide it is refused here, at plan time.
+"""
+from __future__ import annotations
+
+from torch import nn
+
+from ...config.enums import PeftType
+from ..spec import Handler, MethodSpec, RewriteSite
+from .config import OFTConfig
+from .conv import Conv2d, kernel_side
+from .embedding import Embedding
+from .layout import block_layout, layout_refusal
+from .linear import Linear
+from .model import OFTModel
+
+# PEFT's TRANSFORMERS_MODELS_TO_OFT_TARGET_MODULES_MAPPING (gemma4's entry, a regex string, is left out).
+DEFAULT_TARGETS = {
+    "t5": ["q", "v"], "mt5": ["q", "v"], "bart": ["q_proj", "v_proj"], "gpt2": ["c_attn"],
+    "bloom": ["query_key_value"], "blip-2": ["q", "v", "q_proj", "v_proj"], "opt": ["q_proj", "v_proj"],
+    "gptj": ["q_proj", "v_proj"], "gpt_neox": ["query_key_value"], "gpt_neo": ["q_proj", "v_proj"],
+    "bert": ["query", "value"], "roberta": ["query", "value"], "xlm-roberta": ["query", "value"],
+    "electra": ["query", "value"], "deberta-v2": ["query_proj", "value_proj"], "deberta": ["in_proj"],
+    "layoutlm": ["query", "value"], "llama": ["q_proj", "v_proj"], "llama4": ["q_proj", "v_proj"],
+    "chatglm": ["query_key_value"], "gpt_bigcode": ["c_attn"], "mpt": ["Wqkv"],
+    "RefinedWebModel": ["query_key_value"], "RefinedWeb": ["query_key_value"], "falcon": ["query_key_value"],
+    "btlm": ["c_proj", "c_attn"], "codegen": ["qkv_proj"], "mistral": ["q_proj", "v_proj"],
+    "mixtral": ["q_proj", "v_proj"], "stablelm": ["q_proj", "v_proj"], "phi": ["q_proj", "v_proj", "fc1", "fc2"],
+    "gemma": ["q_proj", "v_proj"], "gemma2": ["q_proj", "v_proj"], "gemma3_text": ["q_proj", "v_proj"],
+    "qwen2": ["q_proj", "v_proj"], "qwen3": ["q_proj", "v_proj"],
+    "nemotron_h": ["q_proj", "k_proj", "v_proj", "o_proj"], "rwkv": ["key", "value", "receptance", "output"],
+    "rwkv7": ["r_proj", "k_proj", "v_proj", "o_proj", "key", "value"],
+}
+
+
+def _layout_refuses(layer_cls):
+    def refuses(base: nn.Module, config, fqn: str):
+        return layout_refusal(layer_cls.dim_of(base), layer_cls.dim_name, fqn, config)
+    return refuses
+
+
+def _conv_refuses(base: nn.Module, config, fqn: str):
+    if base.groups != 1:
+        return (f"target module {fqn!r} is a grouped convolution (groups={base.groups}); OFT rotates whole "
+                f"in_channels x k x k patches, which a grouped weight cannot absorb: it supports groups=1 only")
+    if max(base.dilation) > 1:
+        return f"target module {fqn!r} has dilation={tuple(base.dilation)}; OFT supports Conv2d with dilation 1 only"
+    if base.kernel_size[0] != base.kernel_size[1]:
+        return (f"target module {fqn!r} has a non-square kernel {tuple(base.kernel_size)}; PEFT 0.21.2's OFT sizes "
+                f"patches as k[0] x k[0] and fails on it, so only square kernels are supported")
+    return _layout_refuses(Conv2d)(base, config, fqn)
+
+
+HANDLERS = (
+    Handler(lambda m: isinstance(m, nn.Linear), Linear, "torch.nn.Linear", refuses=_layout_refuses(Linear)),
+    Handler(lambda m: isinstance(m, nn.Conv2d), Conv2d, "torch.nn.Conv2d", refuses=_conv_refuses),
+    Handler(lambda m: isinstance(m, nn.Embedding), Embedding, "torch.nn.Embedding",
+            refuses=_layout_refuses(Embedding)),
+)
+
+
+def _layer_class(base: nn.Module) -> type:
+    return next(h.layer for h in HANDLERS if h.accepts(base))
+
+
+def rewrite_params(site: RewriteSite) -> dict:
+    config, base = site.config, site.base
+    layer_cls = _layer_class(base)
+    r, block_size = block_layout(layer_cls.dim_of(base), config.r, config.oft_block_size)
+    if isinstance(base, nn.Linear) and config.fan_in_fan_out:
+        site.note("fan_in_fan_out=True but the targets are torch Linear layers: using False for them, as PEFT does")
+    if config.module_dropout > 0:
+        site.note(f"module_dropout={config.module_dropout} has no effect: PEFT 0.21.2's OFT builds its "
+                  f"multiplicative dropout but never applies it, and surgery computes what PEFT computes")
+    if isinstance(base, nn.Conv2d) and kernel_side(base) > 1:
+        site.note(f"{site.fqn}: OFT on a {kernel_side(base)}x{kernel_side(base)} Conv2d follows PEFT 0.21.2, which "
+                  f"rotates unfolded input patches and folds them back summed: the adapter is not the identity "
+                  f"at init and merge_and_unload changes this layer's outputs (1x1 convolutions are exact)")
+    return {"r": r, "oft_block_size": block_size, "coft": bool(config.coft), "block_share": bool(config.block_share)}
+
+
+def added_params(base: nn.Module, params: dict, config: OFTConfig) -> int:
+    """One packed upper triangle per block (one in all with block_share)."""
+    size = params["oft_block_size"]
+    return (1 if params["block_share"] else params["r"]) * (size * (size - 1) // 2)
+
+
+SPEC = MethodSpec(
+    peft_type=PeftType.OFT,
+    config_cls=OFTConfig,
+    tuner_cls=OFTModel,
+    name="OFT",
+    handlers=HANDLERS,
+    rewrite_params=rewrite_params,
+    added_params=added_params,
+    columns=(("r", "r"), ("block", "oft_block_size")),
+    flags=(("COFT", "coft"), ("shared block", "block_share")),
+    default_targets=DEFAULT_TARGETS,
+    checkpoint_rank=lambda tensors: next((t.shape[0] for k, t in tensors.items()
+                                          if k in ("oft_R", "oft_embedding_R")), ""),
+)
