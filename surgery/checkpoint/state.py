@@ -72,7 +72,12 @@ def get_peft_model_state_dict(model, state_dict: Optional[dict] = None, adapter_
             selected.setdefault(key, tensor)
     if state_dict is not None:
         selected = {k: state_dict[k] for k in selected if k in state_dict}
-    return {to_checkpoint_key(k, adapter_name, collapsed): v for k, v in selected.items()}
+    out = {to_checkpoint_key(k, adapter_name, collapsed): v for k, v in selected.items()}
+    if getattr(config, "bias", "none") == "all":   # PEFT also writes a copy's bias as <path>.modules_to_save.bias
+        marker = f".{SAVED_COPY}.{adapter_name}."
+        out.update({k.replace(marker, f".{SAVED_COPY}.", 1): v for k, v in selected.items()
+                    if marker in k and k.endswith(".bias")})
+    return out
 
 
 def set_peft_model_state_dict(model, peft_model_state_dict: dict, adapter_name: str = "default",

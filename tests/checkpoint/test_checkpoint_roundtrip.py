@@ -2,6 +2,7 @@
 adapters move between surgery and real peft in both directions."""
 from __future__ import annotations
 
+import copy
 import json
 
 import pytest
@@ -215,3 +216,20 @@ def test_peft_adapter_with_saved_embedding_weights_loads_in_surgery(targets, lay
     assert f"base_model.model.{layer}.base_layer.weight" in load_file(str(tmp_path / "adapter_model.safetensors"))
     ours = surgery.PeftModel.from_pretrained(tm.tiny_llama(), str(tmp_path))
     assert max_diff(run(ours, "llama"), run(theirs.eval(), "llama")) <= 1e-6
+
+
+@pytest.mark.filterwarnings("ignore")
+def test_bias_all_with_a_trained_head_saves_peft_s_keys_and_loads_both_ways(tmp_path):
+    import peft
+
+    base = tm.tiny_bert_seq_cls()
+    kwargs = dict(task_type="SEQ_CLS", target_modules=["query"], bias="all")
+    ours = surgery.get_peft_model(copy.deepcopy(base), surgery.LoraConfig(**kwargs))
+    theirs = peft.get_peft_model(copy.deepcopy(base), peft.LoraConfig(**kwargs))
+    assert sorted(surgery.get_peft_model_state_dict(ours)) == sorted(peft.get_peft_model_state_dict(theirs))
+    perturb_adapters(ours)
+    ours.save_pretrained(tmp_path)
+    again = surgery.PeftModel.from_pretrained(copy.deepcopy(base), str(tmp_path))
+    in_peft = peft.PeftModel.from_pretrained(copy.deepcopy(base), str(tmp_path))
+    assert max_diff(run(again, "bert_cls"), run(ours.eval(), "bert_cls")) <= 1e-6
+    assert max_diff(run(in_peft.eval(), "bert_cls"), run(ours, "bert_cls")) <= 1e-6
