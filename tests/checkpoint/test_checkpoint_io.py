@@ -9,7 +9,6 @@ import torch
 
 import surgery
 from tests.support import tiny_models
-from surgery.checkpoint import atomic
 from surgery.errors import CheckpointError, SurgeryError
 
 

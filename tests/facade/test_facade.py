@@ -14,7 +14,6 @@ from tests.support.helpers import MODELS, max_diff, peft_model, perturb_adapters
 from surgery.errors import AdapterNameError
 
 peft = pytest.importorskip("peft")
-from peft.tuners.lora import LoraModel as PeftLoraModel  # noqa: E402
 from peft.tuners.tuners_utils import BaseTuner  # noqa: E402
 
 PUBLIC = ["LoraConfig", "PeftConfig", "PeftModel", "PeftType", "TaskType", "get_peft_model", "get_peft_config",

@@ -244,3 +244,17 @@ def test_a_regex_default_target_stays_one_regex(monkeypatch):
     p = surgery.plan(tm.tiny_llama(), surgery.LoraConfig(r=2))
     assert p.config["target_modules"] == r".*\.self_attn\.(q|v)_proj"
     assert len(p.rewrites) == 4 and all(r.path.endswith(("q_proj", "v_proj")) for r in p.rewrites)
+
+
+@pytest.mark.filterwarnings("ignore")
+@pytest.mark.parametrize("builder, kwargs, saved", [
+    (tm.tiny_gpt2, dict(target_modules=["c_attn"]), True),                        # Conv1D: set to True
+    (tm.tiny_llama, dict(target_modules=["q_proj"], fan_in_fan_out=True), False),   # Linear: set to False
+])
+def test_fan_in_fan_out_is_saved_as_peft_saves_it(builder, kwargs, saved):
+    import peft
+
+    for lib in (surgery, peft):
+        model = lib.get_peft_model(builder(), lib.LoraConfig(**kwargs))
+        assert model.peft_config["default"].fan_in_fan_out is saved, lib.__name__
+    assert surgery.plan(builder(), surgery.LoraConfig(**kwargs)).config["fan_in_fan_out"] is saved

@@ -14,6 +14,7 @@ from torch import nn
 
 from ...config.enums import PeftType
 from ...graph.kinds import in_out_features
+from ..fan_in_fan_out import settle_fan_in_fan_out
 from ..spec import Handler, MethodSpec, RewriteSite
 from .blocks import layout, problem
 from .config import BOFTConfig
@@ -92,8 +93,7 @@ def rewrite_params(site: RewriteSite) -> dict:
         factors = saved[0]
     elif saved is None and factors > 1:
         site.note(CPU_PEFT_NOTE.format(n=factors))
-    if config.fan_in_fan_out and isinstance(site.base, nn.Linear):
-        site.note("fan_in_fan_out=True but the targets are torch Linear layers: using False for them, as PEFT does")
+    settle_fan_in_fan_out(site, conv1d=False)
     size, num = layout(rotated_features(site.base), config)
     return {"boft_block_size": size, "boft_block_num": num, "boft_n_butterfly_factor": factors}
 

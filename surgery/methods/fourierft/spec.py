@@ -8,7 +8,8 @@ import re
 from torch import nn
 
 from ...config.enums import PeftType
-from ...graph.kinds import in_out_features, is_conv1d, is_linear_like
+from ...graph.kinds import in_out_features, is_linear_like
+from ..fan_in_fan_out import settle_fan_in_fan_out
 from ..spec import Handler, MethodSpec, RewriteSite
 from .config import FourierFTConfig
 from .layer import FourierFTLinear
@@ -58,11 +59,7 @@ HANDLERS = (
 
 def rewrite_params(site: RewriteSite) -> dict:
     config = site.config
-    if is_conv1d(site.base) and not config.fan_in_fan_out:
-        site.note("transformers Conv1D layers store weights (in, out): fan_in_fan_out is set to True for them, "
-                  "as PEFT does")
-    if isinstance(site.base, nn.Linear) and config.fan_in_fan_out:
-        site.note("fan_in_fan_out=True but the targets are torch Linear layers: using False for them")
+    settle_fan_in_fan_out(site)
     return {"n_frequency": n_frequency_for(config, site.fqn), "scaling": config.scaling}
 
 

@@ -10,8 +10,9 @@ import math
 from torch import nn
 
 from ...config.enums import PeftType
-from ...graph.kinds import in_out_features, is_conv, is_conv1d, is_linear_like, weight_shape
+from ...graph.kinds import in_out_features, is_conv, is_linear_like, weight_shape
 from ...matching.selectors import pattern_value
+from ..fan_in_fan_out import settle_fan_in_fan_out
 from ..spec import Handler, MethodSpec, RewriteSite
 from .config import LoraConfig
 from .conv import Conv
@@ -55,11 +56,7 @@ def rewrite_params(site: RewriteSite) -> dict:
     config = site.config
     r = pattern_value(config.rank_pattern, site.fqn, config.r)
     alpha = pattern_value(config.alpha_pattern, site.fqn, config.lora_alpha)
-    if is_conv1d(site.base) and not config.fan_in_fan_out:
-        site.note("transformers Conv1D layers store weights (in, out): fan_in_fan_out is set to True for them, "
-                  "as PEFT does")
-    if isinstance(site.base, nn.Linear) and config.fan_in_fan_out:
-        site.note("fan_in_fan_out=True but the targets are torch Linear layers: using False for them")
+    settle_fan_in_fan_out(site)
     scaling = alpha / math.sqrt(r) if config.use_rslora else alpha / r
     return {"r": r, "lora_alpha": alpha, "scaling": scaling, "use_dora": bool(config.use_dora)}
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 from torch import nn
 
 from ...config.enums import PeftType
+from ..fan_in_fan_out import settle_fan_in_fan_out
 from ..spec import Handler, MethodSpec, RewriteSite
 from .config import OFTConfig
 from .conv import Conv2d, kernel_side
@@ -70,8 +71,7 @@ def rewrite_params(site: RewriteSite) -> dict:
     config, base = site.config, site.base
     layer_cls = _layer_class(base)
     r, block_size = block_layout(layer_cls.dim_of(base), config.r, config.oft_block_size)
-    if isinstance(base, nn.Linear) and config.fan_in_fan_out:
-        site.note("fan_in_fan_out=True but the targets are torch Linear layers: using False for them, as PEFT does")
+    settle_fan_in_fan_out(site, conv1d=False)
     if config.module_dropout > 0:
         site.note(f"module_dropout={config.module_dropout} has no effect: PEFT 0.21.2's OFT builds its "
                   f"multiplicative dropout but never applies it, and surgery computes what PEFT computes")

@@ -5,7 +5,8 @@ from __future__ import annotations
 from torch import nn
 
 from ...config.enums import PeftType
-from ...graph.kinds import in_out_features, is_conv1d, is_linear_like
+from ...graph.kinds import in_out_features, is_linear_like
+from ..fan_in_fan_out import settle_fan_in_fan_out
 from ..spec import Handler, MethodSpec, RewriteSite
 from .config import VeraConfig
 from .layer import Linear
@@ -35,11 +36,7 @@ HANDLERS = (Handler(is_linear_like, Linear, "torch.nn.Linear, transformers.pytor
 
 
 def rewrite_params(site: RewriteSite) -> dict:
-    if is_conv1d(site.base) and not site.config.fan_in_fan_out:
-        site.note("transformers Conv1D layers store weights (in, out): fan_in_fan_out is set to True for them, "
-                  "as PEFT does")
-    if isinstance(site.base, nn.Linear) and site.config.fan_in_fan_out:
-        site.note("fan_in_fan_out=True but the targets are torch Linear layers: using False for them")
+    settle_fan_in_fan_out(site)
     if not site.config.save_projection:
         site.note("save_projection=False: vera_A / vera_B are not saved with the adapter; loading rebuilds them from "
                   "projection_prng_key (PEFT's draws, on a CPU generator), as PEFT warns")

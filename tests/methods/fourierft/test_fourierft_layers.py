@@ -5,7 +5,6 @@ the largest value, merged weights 1e-6, outputs after a merge 1e-5."""
 from __future__ import annotations
 
 import copy
-import warnings
 
 import peft
 import pytest
