@@ -3,12 +3,17 @@
 PEFT 0.21.2 wraps torch.nn.Linear, nn.Conv2d and nn.Embedding (not transformers' Conv1D, nor Conv1d/3d).
 Per matched module the plan records r (blocks) and oft_block_size, resolved from the config's one non-zero
 value against the module's rotated dimension; a value that does not divide it is refused here, at plan time.
+When a checkpoint is loaded its packed rotation's shape decides the layout instead, so an adapter for which
+PEFT silently adjusted the block size (see layout.py) loads as PEFT trained it.
 """
 from __future__ import annotations
+
+import math
 
 from torch import nn
 
 from ...config.enums import PeftType
+from ...errors import PlanError
 from ..fan_in_fan_out import settle_fan_in_fan_out
 from ..spec import Handler, MethodSpec, RewriteSite
 from .config import OFTConfig
@@ -37,12 +42,6 @@ DEFAULT_TARGETS = {
 }
 
 
-def _layout_refuses(layer_cls):
-    def refuses(base: nn.Module, config, fqn: str):
-        return layout_refusal(layer_cls.dim_of(base), layer_cls.dim_name, fqn, config)
-    return refuses
-
-
 def _conv_refuses(base: nn.Module, config, fqn: str):
     if base.groups != 1:
         return (f"target module {fqn!r} is a grouped convolution (groups={base.groups}); OFT rotates whole "
@@ -52,15 +51,31 @@ def _conv_refuses(base: nn.Module, config, fqn: str):
     if base.kernel_size[0] != base.kernel_size[1]:
         return (f"target module {fqn!r} has a non-square kernel {tuple(base.kernel_size)}; PEFT 0.21.2's OFT sizes "
                 f"patches as k[0] x k[0] and fails on it, so only square kernels are supported")
-    return _layout_refuses(Conv2d)(base, config, fqn)
+    return None
 
 
-HANDLERS = (
-    Handler(lambda m: isinstance(m, nn.Linear), Linear, "torch.nn.Linear", refuses=_layout_refuses(Linear)),
+HANDLERS = (   # the block layout is checked in rewrite_params, where a checkpoint being loaded is known
+    Handler(lambda m: isinstance(m, nn.Linear), Linear, "torch.nn.Linear"),
     Handler(lambda m: isinstance(m, nn.Conv2d), Conv2d, "torch.nn.Conv2d", refuses=_conv_refuses),
-    Handler(lambda m: isinstance(m, nn.Embedding), Embedding, "torch.nn.Embedding",
-            refuses=_layout_refuses(Embedding)),
+    Handler(lambda m: isinstance(m, nn.Embedding), Embedding, "torch.nn.Embedding"),
 )
+
+
+def _layout(site: RewriteSite, layer_cls) -> tuple[int, int]:
+    """(r, oft_block_size): from the checkpoint's packed rotation when loading one, else from the config."""
+    dim = layer_cls.dim_of(site.base)
+    packed = site.saved.get("oft_R.weight") or site.saved.get("oft_embedding_R.weight")
+    if packed is not None:   # b (b - 1) / 2 packed entries per block
+        size = round((1 + math.sqrt(1 + 8 * packed[1])) / 2)
+        if size * (size - 1) // 2 == packed[1] and size > 0 and dim % size == 0:
+            if block_layout(dim, site.config.r, site.config.oft_block_size) != (dim // size, size):
+                site.note(f"{site.fqn}: the checkpoint holds blocks of {size} (PEFT adjusts a block size that does "
+                          f"not divide {layer_cls.dim_name}={dim}): loading them as saved")
+            return dim // size, size
+    layout = block_layout(dim, site.config.r, site.config.oft_block_size)
+    if layout is None:
+        raise PlanError(layout_refusal(dim, layer_cls.dim_name, site.fqn, site.config))
+    return layout
 
 
 def _layer_class(base: nn.Module) -> type:
@@ -69,8 +84,7 @@ def _layer_class(base: nn.Module) -> type:
 
 def rewrite_params(site: RewriteSite) -> dict:
     config, base = site.config, site.base
-    layer_cls = _layer_class(base)
-    r, block_size = block_layout(layer_cls.dim_of(base), config.r, config.oft_block_size)
+    r, block_size = _layout(site, _layer_class(base))
     settle_fan_in_fan_out(site, conv1d=False)
     if config.module_dropout > 0:
         site.note(f"module_dropout={config.module_dropout} has no effect: PEFT 0.21.2's OFT builds its "

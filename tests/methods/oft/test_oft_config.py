@@ -159,3 +159,19 @@ def test_checkpoint_keys_are_peft_names():
     assert set(keys) == {"base_model.model.emb.oft_embedding_R.weight", "base_model.model.lin0.oft_R.weight"}
     assert keys["base_model.model.lin0.oft_R.weight"].shape == (4, 6)
     assert torch.equal(keys["base_model.model.emb.oft_embedding_R.weight"], torch.zeros(4, 6))
+
+
+def test_a_block_size_peft_adjusted_loads_as_saved(tmp_path):
+    """PEFT moves oft_block_size=5 on in_features=32 to 4 and saves blocks of 4 under a config saying 5: surgery
+    refuses 5 for a new adapter, and loads such a checkpoint with the saved blocks."""
+    with pytest.raises(PlanError, match="oft_block_size=5 does not divide in_features=32"):
+        surgery.get_peft_model(tm.tiny_llama(), surgery.OFTConfig(target_modules=["q_proj"], oft_block_size=5))
+    saved = surgery.get_peft_model(tm.tiny_llama(), surgery.OFTConfig(target_modules=["q_proj"], oft_block_size=4))
+    saved.save_pretrained(tmp_path)
+    path = tmp_path / "adapter_config.json"
+    path.write_text(path.read_text().replace('"oft_block_size": 4', '"oft_block_size": 5'))
+    loaded = surgery.PeftModel.from_pretrained(tm.tiny_llama(), str(tmp_path))
+    assert {r.params["oft_block_size"] for r in loaded.plan().rewrites} == {4}
+    assert any("holds blocks of 4" in w for w in loaded.plan().warnings)
+    ids = tm.token_batch()
+    assert torch.equal(loaded(input_ids=ids).logits, saved.eval()(input_ids=ids).logits)
