@@ -101,7 +101,9 @@ def main():
                               disable_gc=False)
         step_ratio = C.paired_ratio(times, "surgery", "PEFT")
         overhead = {k: statistics.median(a - b for a, b in zip(times[k], times["bound"])) for k in ("surgery", "PEFT")}
-        overhead_ratio = overhead["surgery"] / overhead["PEFT"] if overhead["PEFT"] > 0 else float("nan")
+        # an adapter costing under 2% of the frozen step (IA3's scales, LN-tuning's copies) is below the noise
+        measurable = overhead["PEFT"] > 0.02 * C.median(times["bound"])
+        overhead_ratio = overhead["surgery"] / overhead["PEFT"] if measurable else float("nan")
         target = METHODS[name][2]
         met = step_ratio <= target
         merge = ["", "", ""]
@@ -123,7 +125,8 @@ def main():
         all_met &= met
         rows.append([name, C.fmt_ms(C.median(times["surgery"])), C.fmt_ms(C.median(times["PEFT"])),
                      C.fmt_ms(C.median(times["bound"])), f"{step_ratio:.3f}x", f"<= {target:g}",
-                     f"{C.fmt_ms(overhead['surgery'])} / {C.fmt_ms(overhead['PEFT'])} = {overhead_ratio:.2f}x",
+                     f"{C.fmt_ms(overhead['surgery'])} / {C.fmt_ms(overhead['PEFT'])} = {overhead_ratio:.2f}x"
+                     if measurable else "below noise (< 2% of the bound)",
                      *merge])
     print()
     print(C.table(["method", "step surgery ms", "step PEFT ms", "bound ms", "step surgery/PEFT (paired)", "target",
