@@ -10,29 +10,13 @@ from torch import nn
 from ...config.enums import PeftType
 from ...graph.kinds import in_out_features, is_linear_like
 from ..fan_in_fan_out import settle_fan_in_fan_out
+from ..default_targets import FOURIERFT
 from ..spec import Handler, MethodSpec, RewriteSite
 from .config import FourierFTConfig
 from .layer import FourierFTLinear
 from .model import FourierFTModel
 
-# PEFT's TRANSFORMERS_MODELS_TO_FOURIERFT_TARGET_MODULES_MAPPING (LoRA's, with GPT-2's MLP projection)
-DEFAULT_TARGETS = {
-    "t5": ["q", "v"], "mt5": ["q", "v"], "bart": ["q_proj", "v_proj"], "gpt2": ["mlp.c_proj"],
-    "bloom": ["query_key_value"], "blip-2": ["q", "v", "q_proj", "v_proj"], "opt": ["q_proj", "v_proj"],
-    "gptj": ["q_proj", "v_proj"], "gpt_neox": ["query_key_value"], "gpt_neo": ["q_proj", "v_proj"],
-    "bert": ["query", "value"], "roberta": ["query", "value"], "xlm-roberta": ["query", "value"],
-    "electra": ["query", "value"], "deberta-v2": ["query_proj", "value_proj"], "deberta": ["in_proj"],
-    "layoutlm": ["query", "value"], "llama": ["q_proj", "v_proj"], "llama4": ["q_proj", "v_proj"],
-    "chatglm": ["query_key_value"], "gpt_bigcode": ["mlp.c_proj"], "mpt": ["Wqkv"],
-    "RefinedWebModel": ["query_key_value"], "RefinedWeb": ["query_key_value"], "falcon": ["query_key_value"],
-    "btlm": ["c_proj", "c_attn"], "codegen": ["qkv_proj"], "mistral": ["q_proj", "v_proj"],
-    "mixtral": ["q_proj", "v_proj"], "stablelm": ["q_proj", "v_proj"], "phi": ["q_proj", "v_proj", "fc1", "fc2"],
-    "gemma": ["q_proj", "v_proj"], "gemma2": ["q_proj", "v_proj"], "gemma3_text": ["q_proj", "v_proj"],
-    "qwen2": ["q_proj", "v_proj"], "qwen3": ["q_proj", "v_proj"],
-    "nemotron_h": ["q_proj", "k_proj", "v_proj", "o_proj"], "rwkv": ["key", "value", "receptance", "output"],
-    "rwkv7": ["r_proj", "k_proj", "v_proj", "o_proj", "key", "value"],
-    "gemma4": r".*language_model\..*\.(q_proj|v_proj)",   # a regex: kept as one string
-}
+DEFAULT_TARGETS = FOURIERFT   # PEFT's table for this method (methods/default_targets.py)
 
 
 def n_frequency_for(config: FourierFTConfig, fqn: str) -> int:

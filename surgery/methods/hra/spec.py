@@ -7,14 +7,13 @@ from torch import nn
 from ...config.enums import PeftType
 from ...graph.kinds import in_out_features
 from ..spec import Handler, MethodSpec, RewriteSite
-from ..vera.spec import DEFAULT_TARGETS as _VERA_DEFAULTS
+from ..default_targets import LORA_FAMILY
 from .config import HRAConfig
 from .conv import HRAConv2d
 from .linear import HRALinear
 from .model import HRAModel
 
-# PEFT's TRANSFORMERS_MODELS_TO_HRA_TARGET_MODULES_MAPPING is VeRA's table but for phi
-DEFAULT_TARGETS = {**_VERA_DEFAULTS, "phi": ["q_proj", "v_proj", "fc1", "fc2"]}
+DEFAULT_TARGETS = LORA_FAMILY   # PEFT's table for HRA (methods/default_targets.py)
 
 
 def _conv_refuses(base: nn.Conv2d, config, fqn: str):

@@ -42,16 +42,18 @@ class LNTuningLayer(AdapterLayer):
 
     # -- forward ---------------------------------------------------------------------------------------
     def forward(self, x: torch.Tensor, *args, **kwargs):
-        if self._disable_adapters:
-            if self.merged:
+        state, modules = self.__dict__, self._modules   # read directly: this runs for every norm, every step
+        if state["_disable_adapters"]:
+            if state["merged_adapters"]:
                 self.unmerge()
-            return self.base_layer(x, *args, **kwargs)
-        if self.merged or not self._active_adapters:
-            return self.base_layer(x, *args, **kwargs)
-        if len(self._active_adapters) > 1:
+            return modules["base_layer"](x, *args, **kwargs)
+        active = state["_active_adapters"]
+        if state["merged_adapters"] or not active:
+            return modules["base_layer"](x, *args, **kwargs)
+        if len(active) > 1:
             raise ConfigError(f"{self._name()}: LN tuning runs one adapter at a time; active adapters are "
-                              f"{self._active_adapters} (set_adapter one of them)")
-        return self.ln_tuning_layers[self._active_adapters[0]](x, *args, **kwargs)
+                              f"{active} (set_adapter one of them)")
+        return modules["ln_tuning_layers"]._modules[active[0]](x, *args, **kwargs)
 
     # -- merge: a swap -----------------------------------------------------------------------------------
     def _to_merge(self, adapter_names: Optional[list[str]]) -> list[str]:

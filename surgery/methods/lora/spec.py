@@ -13,6 +13,7 @@ from ...config.enums import PeftType
 from ...graph.kinds import in_out_features, is_conv, is_linear_like, weight_shape
 from ...matching.selectors import pattern_value
 from ..fan_in_fan_out import settle_fan_in_fan_out
+from ..default_targets import LORA_FAMILY
 from ..spec import Handler, MethodSpec, RewriteSite
 from .config import LoraConfig
 from .conv import Conv
@@ -20,16 +21,7 @@ from .embedding import Embedding
 from .linear import Linear
 from .model import LoraModel
 
-# PEFT's defaults when target_modules is not given (by transformers model_type).
-DEFAULT_TARGETS = {
-    "llama": ["q_proj", "v_proj"], "mistral": ["q_proj", "v_proj"], "mixtral": ["q_proj", "v_proj"],
-    "qwen2": ["q_proj", "v_proj"], "qwen3": ["q_proj", "v_proj"], "gemma": ["q_proj", "v_proj"],
-    "gemma2": ["q_proj", "v_proj"], "phi3": ["qkv_proj"], "opt": ["q_proj", "v_proj"],
-    "gpt2": ["c_attn"], "gpt_neox": ["query_key_value"], "gptj": ["q_proj", "v_proj"],
-    "bloom": ["query_key_value"], "falcon": ["query_key_value"], "bert": ["query", "value"],
-    "roberta": ["query", "value"], "xlm-roberta": ["query", "value"], "deberta-v2": ["query_proj", "value_proj"],
-    "distilbert": ["q_lin", "v_lin"], "t5": ["q", "v"], "mt5": ["q", "v"], "bart": ["q_proj", "v_proj"],
-}
+DEFAULT_TARGETS = LORA_FAMILY   # PEFT's table for this method (methods/default_targets.py)
 
 
 def _no_dora(base: nn.Module, config, fqn: str):
