@@ -16,7 +16,7 @@ import sys
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-BENCHMARKS = ["bench_inject.py", "bench_train_step.py", "bench_inference.py", "bench_merge.py"]
+BENCHMARKS = ["bench_inject.py", "bench_train_step.py", "bench_inference.py", "bench_merge.py", "bench_methods.py"]
 
 
 def main() -> int:
