@@ -1,6 +1,7 @@
 """Select an adapter's tensors from a PeftModel structurally, and load them back with checks."""
 from __future__ import annotations
 
+import logging
 from typing import Optional
 
 import torch
@@ -14,6 +15,7 @@ from ..rewrite.trainable import adapter_layers
 from . import embeddings
 from .keys import SAVED_COPY, to_checkpoint_key
 
+logger = logging.getLogger(__name__)
 PROGRESS_MIN_TENSORS = 256  # a progress bar for loads this large (e.g. all-linear on a 70B: 1,120 tensors)
 
 
@@ -98,6 +100,7 @@ def set_peft_model_state_dict(model, peft_model_state_dict: dict, adapter_name: 
         by_ckpt = {to_checkpoint_key(k, adapter_name, collapsed): k for k in targets}
     peft_model_state_dict = {k: v for k, v in peft_model_state_dict.items()
                              if k in by_ckpt or not _peft_duplicate(k, peft_model_state_dict)}
+    peft_model_state_dict = _without_unsaved_shared(model, adapter_name, peft_model_state_dict)
     extra = _base_layer_weights(model, peft_model_state_dict, by_ckpt)
     extra.update(embeddings.loadable_embedding_keys(model, peft_model_state_dict, by_ckpt))
     for key, weight in extra.items():
@@ -154,6 +157,22 @@ def _base_layer_weights(model, state: dict, known: dict) -> dict:
         if getattr(layer, "_surgery_adapter_layer", False) and not getattr(layer, "_surgery_modules_to_save", False):
             out[key] = layer.get_base_layer().weight
     return out
+
+
+def _without_unsaved_shared(model, adapter_name: str, state: dict) -> dict:
+    """Shared state the adapter does not save (a VeRA config with save_projection=False rebuilds it) but that the
+    checkpoint holds anyway: skipped with a warning, as PEFT does, instead of refused as unexpected."""
+    tuner = getattr(model, "base_model", None)
+    kept = getattr(tuner, "shared_tensors", None)
+    if kept is None:
+        return state
+    unsaved = {f"base_model.{name}" for name in kept(adapter_name, persistent_only=False)} - {
+        f"base_model.{name}" for name in kept(adapter_name)}
+    skipped = sorted(k for k in state if k in unsaved)
+    if skipped:
+        logger.warning("the checkpoint holds %s, which this adapter's config does not save (its layers rebuild "
+                       "it); ignoring the saved copy, as PEFT does", ", ".join(skipped))
+    return {k: v for k, v in state.items() if k not in unsaved}
 
 
 def _peft_duplicate(key: str, state: dict) -> bool:

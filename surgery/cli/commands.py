@@ -37,7 +37,10 @@ def run_inspect(args) -> int:
     modules: dict[str, dict] = {}
     by_module: dict[str, dict] = {}
     for key, tensor in tensors.items():
-        path, container = _module_of(key.removeprefix("base_model.model."), containers)
+        if key.startswith("base_model.") and not key.startswith("base_model.model."):   # state the layers share
+            path, container = f"(shared) {key.removeprefix('base_model.')}", None
+        else:
+            path, container = _module_of(key.removeprefix("base_model.model."), containers)
         entry = modules.setdefault(path, {"params": 0, "dtype": str(tensor.dtype).removeprefix("torch."), "r": ""})
         entry["params"] += tensor.numel()
         if container is not None:

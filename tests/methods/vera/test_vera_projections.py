@@ -138,3 +138,15 @@ def test_deepcopy_keeps_one_shared_tensor():
     perturb(clone, seed=3)
     assert all(layer.vera_A is clone.base_model.vera_A for layer in _layers(clone))
     assert clone.base_model.vera_A["default"] is not ours.base_model.vera_A["default"]
+
+
+def test_saved_projections_under_a_config_that_does_not_save_them_are_ignored_as_in_peft(caplog):
+    saving, _ = pair("VeraConfig", tm.tiny_llama(), **LLAMA)
+    state = surgery.get_peft_model_state_dict(saving)
+    assert "base_model.vera_A" in state
+    rebuilt, _ = pair("VeraConfig", tm.tiny_llama(), **dict(LLAMA, save_projection=False))
+    before = rebuilt.base_model.vera_A["default"].clone()
+    state = {k: v.clone() + (1.0 if k.startswith("base_model.vera_") else 0.0) for k, v in state.items()}
+    surgery.set_peft_model_state_dict(rebuilt, state)
+    assert torch.equal(rebuilt.base_model.vera_A["default"], before)      # the key's own draw is kept
+    assert "ignoring the saved copy" in caplog.text
