@@ -209,7 +209,9 @@ def main(argv: list[str]) -> None:
 if __name__ == "__main__":
     # peft writes target_modules (a set) as a list in set-iteration order, which depends on the str hash
     # seed: pin it so that regenerating gives byte-identical adapter_config.json files.
-    if os.environ.get("PYTHONHASHSEED") != "0":
-        os.environ["PYTHONHASHSEED"] = "0"
+    # One thread: with several, peft's own reload of a case can differ from what it wrote by ~1e-6 (T5), more
+    # than the self-check's 1e-6.
+    if os.environ.get("PYTHONHASHSEED") != "0" or os.environ.get("OMP_NUM_THREADS") != "1":
+        os.environ.update(PYTHONHASHSEED="0", OMP_NUM_THREADS="1")
         os.execv(sys.executable, [sys.executable, "-m", "tests.golden.make_golden", *sys.argv[1:]])
     main(sys.argv[1:])
