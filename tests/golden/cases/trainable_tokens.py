@@ -31,13 +31,11 @@ CASES: dict[str, dict] = {
     "llama_trainable_tokens_tied_head": dict(
         config="TrainableTokensConfig", builder="tiny_llama", builder_kwargs={"tie_word_embeddings": True},
         task_type="CAUSAL_LM", peft_model_class="PeftModelForCausalLM",
-        adapters={"default": dict(token_indices=[7, 20, 51, 121], target_modules=["model.embed_tokens"])},
+        adapters={"default": dict(token_indices=[7, 20, 51, 121])},
         inputs=llama_inputs, output_keys=["logits"],
-        notes="Llama with tie_word_embeddings=True: lm_head follows model.embed_tokens. target_modules is the "
-              "list ['model.embed_tokens']: with peft's default (the string 'model.embed_tokens') surgery's "
-              "save_embedding_layers='auto' would also save the full embedding weights, which peft skips for "
-              "trainable tokens (a known core gap, xfail in tests/methods/trainable_tokens); a list holding the "
-              "full path is not an 'embedding target' for either library.",
+        notes="Llama with tie_word_embeddings=True: lm_head follows model.embed_tokens. No target_modules: "
+              "peft's default, the input embedding's name as a string ('model.embed_tokens'); with "
+              "save_embedding_layers='auto' neither library saves the full embedding for trainable tokens.",
     ),
     "embedding_trainable_tokens_padding": dict(
         config="TrainableTokensConfig", builder="tiny_embed_mlp", builder_kwargs={}, task_type=None,
