@@ -105,3 +105,27 @@ def test_saving_and_resuming_work_with_peft_hidden(tmp_path):
     assert facts["peft_available"] is False
     assert facts["files"] == CHECKPOINT_FILES
     assert facts["resume_max_diff"] <= 1e-6
+
+
+@pytest.mark.filterwarnings("ignore")
+@pytest.mark.parametrize("config", [
+    surgery.IA3Config(task_type="SEQ_CLS", target_modules=["key", "value", "output.dense"],
+                      feedforward_modules=["output.dense"]),
+    surgery.OFTConfig(task_type="SEQ_CLS", target_modules=["query", "value"], oft_block_size=8),
+    surgery.LoHaConfig(task_type="SEQ_CLS", target_modules=["query", "value"], r=4),
+], ids=lambda c: c.peft_type.value)
+def test_other_methods_train_and_checkpoint_in_peft_format(config, tmp_path):
+    """The Trainer integration is method-blind: any method trains, and its checkpoints load in peft."""
+    import peft
+
+    model = surgery.get_peft_model(case.base_model(), config)
+    before = case.adapter_state(model)
+    case.train(str(tmp_path), model=model)
+    ckpt = tmp_path / "checkpoint-4"
+    assert sorted(os.listdir(ckpt)) == CHECKPOINT_FILES
+    after = case.adapter_state(model)
+    assert any(not torch.equal(before[k], after[k]) for k in before)   # it trained
+    x = case.TinyClassification(4, seed=3).x
+    ref = peft.PeftModel.from_pretrained(case.base_model(), str(ckpt)).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(ref(input_ids=x).logits, model.eval()(input_ids=x).logits, atol=1e-5, rtol=0)
