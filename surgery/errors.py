@@ -30,7 +30,7 @@ class AdapterNameError(SurgeryError):
 
 
 class MethodAttributeError(ConfigError, AttributeError):
-    """An attribute of another method's adapters (e.g. get_prompt on a LoRA model); hasattr() sees False."""
+    """An attribute of another method's adapters (a name another method's injected state exposes); hasattr() sees False."""
 
 
 class MergeError(SurgeryError):

@@ -2,8 +2,8 @@
 
 Each row says which PeftModel class PEFT users get for the task, which heads train in full and are saved
 with the adapter (modules_to_save), which transformers Auto class builds such a model, and how the inputs
-move when prompt learning prepends virtual tokens. The façade, the planner, the CLI, the bundled
-architectures and the prompt-learning forward all read this table; none keeps its own.
+move when a method prepends virtual tokens. The façade, the planner, the CLI, the bundled
+architectures and the virtual-token forward all read this table; none keeps its own.
 """
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ class Task:
     heads: tuple[str, ...] = ()            # trained in full and saved with the adapter (modules_to_save)
     output_heads: tuple[str, ...] = ()     # what all-linear skips when the model has no output embeddings
     auto_class: str = "AutoModel"          # the transformers class that builds a model for the task
-    # prompt learning: how the inputs move when P virtual tokens are prepended
+    # virtual-token methods: how the inputs move when P virtual tokens are prepended
     pad_labels: bool = False               # token-level labels get -100 for the virtual tokens
     token_type_ids: str = "drop"           # "pad" with zeros for the virtual tokens, or "drop" (PEFT's choice)
     shift: tuple[str, ...] = ()            # token indexes that move right by P

@@ -2,12 +2,12 @@
 
 Why: after `resize_token_embeddings` the new token rows live only in the fine-tuned model; an adapter saved
 without them reloads onto a fresh (resized) base with random rows for the new tokens. PEFT's "auto" (the
-default) saves them when an embedding layer is a LoRA target, or when the model's vocab_size differs from the
+default) saves them when an embedding layer is an adapter target, or when the model's vocab_size differs from the
 base model's config.json. surgery reads that config only from a local directory or the local Hub cache
 (never the network); when it cannot be found the vocabulary is taken as unchanged, as PEFT does offline.
 
 Keys are the model's own: `base_model.model.<path>.weight` for an embedding that is not adapted, and
-`base_model.model.<path>.base_layer.weight` for one wrapped by LoRA (both load back into the same tensor).
+`base_model.model.<path>.base_layer.weight` for one wrapped by an adapter layer (both load back into the same tensor).
 """
 from __future__ import annotations
 

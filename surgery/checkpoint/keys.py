@@ -2,18 +2,18 @@
 
 The rule is PEFT's: a checkpoint key is the model key without the adapter-name segment.
 
-  model:      base_model.model.<path>.<container>.<adapter>.weight     (a module in a ModuleDict: lora_A, oft_R)
+  model:      base_model.model.<path>.<container>.<adapter>.weight     (a module in a ModuleDict)
   checkpoint: base_model.model.<path>.<container>.weight
-  model:      base_model.model.<path>.<container>.<adapter>            (a Parameter in a ParameterDict: ia3_l)
+  model:      base_model.model.<path>.<container>.<adapter>            (a Parameter in a ParameterDict)
   checkpoint: base_model.model.<path>.<container>
   model:      base_model.model.<path>.modules_to_save.<adapter>.<rest>
   checkpoint: base_model.model.<path>.<rest>
   model:      base_model.<name>.<adapter>                              (state shared by an adapter's layers)
   checkpoint: base_model.<name>
 
-A method may collapse a container whose module holds one `weight` (`collapsed`, from its spec): DoRA's
-  model:      base_model.model.<path>.lora_magnitude_vector.<adapter>.weight
-  checkpoint: base_model.model.<path>.lora_magnitude_vector
+A method may collapse a container whose module holds one `weight` (`collapsed`, from its spec):
+  model:      base_model.model.<path>.<collapsed container>.<adapter>.weight
+  checkpoint: base_model.model.<path>.<collapsed container>
 """
 from __future__ import annotations
 

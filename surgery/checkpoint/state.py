@@ -136,7 +136,7 @@ def set_peft_model_state_dict(model, peft_model_state_dict: dict, adapter_name: 
 
 def _method_entries(model, adapter_name: str) -> Optional[dict]:
     """The checkpoint entries of a method whose state is injected, not on layers ({key: (tensor to save, tensor
-    to load into)}, from its InjectedState: prompt learning's `prompt_embeddings`), else None."""
+    to load into)}, from its InjectedState), else None."""
     spec = get_method(model.peft_config[adapter_name].peft_type)
     if spec.injector is None:
         return None
@@ -144,7 +144,7 @@ def _method_entries(model, adapter_name: str) -> Optional[dict]:
 
 
 def _base_layer_weights(model, state: dict, known: dict) -> dict:
-    """PEFT also saves the full weight of a LoRA-wrapped embedding or lm_head (`<path>.base_layer.weight`, for a
+    """PEFT also saves the full weight of an adapter-wrapped embedding or lm_head (`<path>.base_layer.weight`, for a
     resized vocabulary); such keys load into that layer's base weight, as in PEFT."""
     out, prefix, suffix = {}, "base_model.model.", ".base_layer.weight"
     for key in state:
@@ -160,7 +160,7 @@ def _base_layer_weights(model, state: dict, known: dict) -> dict:
 
 
 def _without_unsaved_shared(model, adapter_name: str, state: dict) -> dict:
-    """Shared state the adapter does not save (a VeRA config with save_projection=False rebuilds it) but that the
+    """Shared state the adapter does not save (its config says its layers rebuild it) but that the
     checkpoint holds anyway: skipped with a warning, as PEFT does, instead of refused as unexpected."""
     tuner = getattr(model, "base_model", None)
     kept = getattr(tuner, "shared_tensors", None)

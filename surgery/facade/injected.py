@@ -1,10 +1,10 @@
 """InjectedState: the one object that holds the state a method injects instead of wrapping modules.
 
-Prompt learning adds inputs, not layers: its encoders, virtual-token ids and where each prompt goes are kept
-here, for every adapter of that method on one PeftModel, instead of as attributes scattered over the PeftModel.
-It is a ModuleDict (adapter -> module) registered on the PeftModel under `attribute`, PEFT's attribute name
-(so `peft_model.prompt_encoder["default"]` and the state-dict keys are PEFT's); the names in `exposed` read as
-attributes of the PeftModel (PEFT's `prompt_tokens`, `get_prompt`, ...).
+Some methods add inputs, not layers: their encoders, token ids and where each input goes are kept here, for
+every adapter of that method on one PeftModel, instead of as attributes scattered over the PeftModel. It is a
+ModuleDict (adapter -> module) registered on the PeftModel under `attribute`, PEFT's attribute name (so
+`peft_model.<attribute>["default"]` and the state-dict keys are PEFT's); the names in `exposed` read as
+attributes of the PeftModel (PEFT's names for them).
 
 The flow is the pipeline's: the planner plans, `stage` builds what the adapter needs without changing anything
 (it may fail), the rewriter applies the plan, then `attach` installs the staged state (it must not fail).

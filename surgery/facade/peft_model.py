@@ -1,11 +1,11 @@
 """PeftModel: the thin façade PEFT users know, over the rule engine and its recorded plans.
 
     PeftModel
-      ├── base_model: the method's tuner (LoraModel, IA3Model, ...)   keys read base_model.model.<path>, as PEFT
+      ├── base_model: the method's tuner (PEFT's <Method>Model)   keys read base_model.model.<path>, as PEFT
       │     └── model: the rewritten transformer
       ├── peft_config: {adapter name: resolved config}
       ├── plans: {adapter name: Plan}             what each adapter changed, printable as a table
-      └── <injected state>                        methods that add inputs instead of layers (prompt learning):
+      └── <injected state>                        methods that add inputs instead of layers:
                                                   one InjectedState, e.g. `prompt_encoder`
 
 Every adapter takes one flow: plan -> stage (injected state, nothing changes) -> apply -> attach. The façade

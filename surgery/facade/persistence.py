@@ -112,7 +112,7 @@ def _shapes(tensors: dict) -> dict:
 
 
 def _check_trainable(config, is_trainable: bool) -> None:
-    """Some methods save what cannot be trained further (prompt learning saves the encoder's output)."""
+    """Some methods save what cannot be trained further (their spec's frozen_on_load says why)."""
     reason = get_method(config.peft_type).frozen_on_load
     if reason and is_trainable:
         raise ConfigError(f"{config.peft_type.value}: a saved adapter cannot be loaded with is_trainable=True "

@@ -2,8 +2,8 @@
 
 It exists so state-dict keys read `base_model.model.<path>` exactly as PEFT's, it forwards every unknown
 attribute to the model underneath, and it keeps the per-adapter state some methods share across all their
-layers (VeRA's projections: `base_model.vera_A.<adapter>`, where PEFT keeps them). Each method names its
-subclass (LoraModel, IA3Model, ...) in its spec: the class PEFT users see and check with isinstance.
+layers (`base_model.<name>.<adapter>`, where PEFT keeps them). Each method names its
+subclass (PEFT's `<Method>Model`) in its spec: the class PEFT users see and check with isinstance.
 """
 from __future__ import annotations
 

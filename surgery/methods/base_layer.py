@@ -123,6 +123,13 @@ class AdapterLayer(nn.Module):
                             param.requires_grad_(flag)
         self._active_adapters = [n for n in names if n in present]
 
+    def runs_base_only(self) -> bool:
+        """Whether the base layer alone gives this layer's output: adapters disabled (a merged layer is unmerged
+        first, so the base weights are the original ones again) or merged into the base weights."""
+        if self._disable_adapters and self.merged_adapters:
+            self.unmerge()
+        return self._disable_adapters or bool(self.merged_adapters)
+
     def enable_adapters(self, enabled: bool) -> None:
         """Enable or disable every adapter of this layer (disabled: the base layer alone runs)."""
         if not enabled and self.merged:

@@ -20,7 +20,7 @@ class Rewrite:
     layer_class: str              # qualified name of the adapter layer class (one of the method's handlers)
     action: str = "wrap"          # "wrap" a plain module, or "add" an adapter to an adapter layer
     added_params: int = 0
-    params: dict = field(default_factory=dict)   # the method's per-module parameters (r, lora_alpha, ...)
+    params: dict = field(default_factory=dict)   # the method's per-module parameters (rank, alpha, ...)
 
     def __getitem__(self, key: str):
         return self.params[key]
@@ -37,9 +37,9 @@ class SavedModule:
 
 @dataclass(frozen=True)
 class Injection:
-    """State a method injects instead of wrapping a module (prompt learning): where it goes, its parameters."""
+    """State a method injects instead of wrapping a module (virtual inputs): where it goes, its parameters."""
 
-    path: str          # the module that holds the state, e.g. prompt_encoder.default
+    path: str          # the module that holds the state, e.g. <injected attribute>.default
     kind: str          # what is injected where, in words
     shape: tuple
     params: int

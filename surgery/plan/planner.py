@@ -51,7 +51,7 @@ def plan_with_config(model: nn.Module, config, adapter_name: str = "default", *,
     if config.base_model_name_or_path is None:
         config.base_model_name_or_path = getattr(model, "name_or_path", None) or None
     graph = module_graph(model)
-    if spec.planner is not None:  # methods that inject state instead of wrapping modules (prompt learning)
+    if spec.planner is not None:  # methods that inject state instead of wrapping modules
         saved = _modules_to_save(graph, config, [])
         return spec.planner(model, config, adapter_name, saved, count_params(model, graph))
     _fill_default_targets(config, model, spec)

@@ -1,5 +1,5 @@
 """Which parameters train: the active adapter's, modules_to_save copies, and biases per `bias` mode
-("none", "all", or "<method>_only" for the targeted layers' biases, e.g. "lora_only")."""
+("none", "all", or "<method>_only" for the targeted layers' biases)."""
 from __future__ import annotations
 
 from torch import nn

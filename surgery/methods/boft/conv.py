@@ -19,12 +19,10 @@ class Conv2d(BOFTLayer):
         return (1, self.out_features)   # PEFT's layout for Conv2d: (1, out)
 
     def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
-        if self._disable_adapters:
-            if self.merged:
-                self.unmerge()
+        if self.runs_base_only():
             return self.base_layer(x, *args, **kwargs)
         names = self.active_in_layer()
-        if self.merged or not names:
+        if not names:
             return self.base_layer(x, *args, **kwargs)
         previous_dtype = x.dtype
         base = self.get_base_layer()

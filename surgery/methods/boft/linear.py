@@ -18,12 +18,10 @@ class Linear(BOFTLayer):
         return (self.out_features, 1)   # PEFT's layout for Linear: (out, 1)
 
     def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
-        if self._disable_adapters:
-            if self.merged:
-                self.unmerge()
+        if self.runs_base_only():
             return self.base_layer(x, *args, **kwargs)
         names = self.active_in_layer()
-        if self.merged or not names:
+        if not names:
             return self.base_layer(x, *args, **kwargs)
         previous_dtype = x.dtype
         blocks = [self.blocks(n) for n in names]   # in activation order: dropout draws as PEFT's

@@ -100,13 +100,9 @@ class FourierFTLinear(AdapterLayer):
         return F.linear(x.to(delta.dtype), delta).reshape(-1, self.out_features)
 
     def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
-        if self._disable_adapters:
-            if self.merged:
-                self.unmerge()
+        if self.runs_base_only():
             return self.base_layer(x, *args, **kwargs)
         result = self.base_layer(x, *args, **kwargs)
-        if self.merged:
-            return result
         params = self.fourierft_spectrum._parameters
         names = [n for n in self._active_adapters if n in params]
         if not names:

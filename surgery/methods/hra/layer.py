@@ -77,11 +77,7 @@ class HRALayer(WeightMerge, AdapterLayer):
 
     def _base_output(self, x: torch.Tensor, args, kwargs) -> Optional[torch.Tensor]:
         """The base layer's output where no adapter runs here (disabled, merged, none active), else None."""
-        if self._disable_adapters:
-            if self.merged:
-                self.unmerge()
-            return self.base_layer(x, *args, **kwargs)
-        if self.merged or not self.active_here():
+        if self.runs_base_only() or not self.active_here():
             return self.base_layer(x, *args, **kwargs)
         return None
 

@@ -80,11 +80,9 @@ class IA3Layer(AdapterLayer):
         return scale
 
     def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
-        if self._disable_adapters:
-            if self.merged:
-                self.unmerge()
+        if self.runs_base_only():
             return self.base_layer(x, *args, **kwargs)
-        scale = None if self.merged else self.active_vector()
+        scale = self.active_vector()
         if scale is None:
             return self.base_layer(x, *args, **kwargs)
         return self._scaled_forward(x, scale, *args, **kwargs)

@@ -102,13 +102,9 @@ class LycorisLayer(AdapterLayer):
 
     def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
         previous_dtype = x.dtype
-        if self._disable_adapters:
-            if self.merged:
-                self.unmerge()
+        if self.runs_base_only():
             return self.base_layer(x, *args, **kwargs).to(previous_dtype)
         result = self.base_layer(x, *args, **kwargs)
-        if self.merged:
-            return result.to(previous_dtype)
         training = self.training
         for name in self._active_adapters:
             if name not in self.r:

@@ -34,11 +34,7 @@ class Conv2d(OFTLayer):
         return base.in_channels * kernel_side(base) ** 2
 
     def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
-        if self._disable_adapters:
-            if self.merged:
-                self.unmerge()
-            return self.base_layer(x, *args, **kwargs)
-        if self.merged:
+        if self.runs_base_only():
             return self.base_layer(x, *args, **kwargs)
         previous_dtype = x.dtype
         for rotation in self._active_rotations():

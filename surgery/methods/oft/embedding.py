@@ -23,13 +23,9 @@ class Embedding(OFTLayer):
         return base.embedding_dim
 
     def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
-        if self._disable_adapters:
-            if self.merged:
-                self.unmerge()
+        if self.runs_base_only():
             return self.base_layer(x, *args, **kwargs)
         result = self.base_layer(x, *args, **kwargs)
-        if self.merged:
-            return result
         out_dtype = result.dtype
         for rotation in self._active_rotations():
             result = rotate_features(result.to(rotation.weight.dtype), rotation.blocks(), rotation.r)

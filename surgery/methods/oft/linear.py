@@ -18,11 +18,7 @@ class Linear(OFTLayer):
         return base.in_features
 
     def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
-        if self._disable_adapters:
-            if self.merged:
-                self.unmerge()
-            return self.base_layer(x, *args, **kwargs)
-        if self.merged:
+        if self.runs_base_only():
             return self.base_layer(x, *args, **kwargs)
         previous_dtype = x.dtype
         for rotation in self._active_rotations():

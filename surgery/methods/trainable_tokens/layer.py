@@ -105,12 +105,10 @@ class TrainableTokensLayer(AdapterLayer):
 
     # -- forward ---------------------------------------------------------------------------------------
     def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
-        if self._disable_adapters:
-            if self.merged:
-                self.unmerge()
+        if self.runs_base_only():
             return self.base_layer(x, *args, **kwargs)
         names = [n for n in self._active_adapters if n in self.token_indices]
-        if self.merged or not names:
+        if not names:
             return self.base_layer(x, *args, **kwargs)
         if len(names) > 1:
             self._refuse_overlap(names)

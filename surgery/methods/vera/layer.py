@@ -77,13 +77,9 @@ class Linear(WeightMerge, AdapterLayer):
             out = fused_forward(self, x)     # one adapter on a plain base: base + adapter in one node
             if out is not None:
                 return out
-        if self._disable_adapters:
-            if self.merged:
-                self.unmerge()
+        if self.runs_base_only():
             return self.base_layer(x, *args, **kwargs)
         result = self.base_layer(x, *args, **kwargs)
-        if self.merged:
-            return result
         out_dtype = result.dtype
         for name in self._active_adapters:
             if name in self.r:
