@@ -11,10 +11,25 @@ compiled in the form the matcher embeds it in, so a pattern that would fail at p
 from __future__ import annotations
 
 import re
+from dataclasses import field
 from typing import Optional
 
 from ..errors import ConfigError
 from .validation import check_range
+
+
+_HELP = {
+    "target_modules": "Names (exact or '.'-suffix), a full-match regex, or 'all-linear'.",
+    "exclude_modules": "Names or regex of modules never to adapt.",
+    "layers_to_transform": "Only adapt these layer indices.",
+    "layers_pattern": "Name of the layer list (e.g. 'layers', 'h') for layers_to_transform.",
+    "modules_to_save": "Modules trained in full and saved with the adapter.",
+}
+
+
+def targeting_field(name: str):
+    """The dataclass field of one of the shared targeting fields: PEFT's default (None) and one help text."""
+    return field(default=None, metadata={"help": _HELP[name]})
 
 
 def check_targeting(config) -> None:

@@ -44,7 +44,7 @@ class RewriteSite:
 
     fqn: str
     base: nn.Module          # the module to adapt (the base layer when it is wrapped already)
-    config: Any              # the method config being planned (resolved; do not mutate)
+    config: Any              # the planner's own copy of the config (set only what PEFT sets while wrapping)
     notes: list              # append plan warnings here (shown once per distinct text)
     # when loading a checkpoint: the shapes it holds under this module ({"lora_A.weight": (r, in), ...}), so a
     # method whose saved shapes can differ from what its config implies plans what the checkpoint holds

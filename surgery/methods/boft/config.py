@@ -11,7 +11,7 @@ from typing import Literal, Optional, Union
 
 from ...config.base import PeftConfig
 from ...config.enums import PeftType
-from ...config.targets import check_targeting
+from ...config.targets import check_targeting, targeting_field
 from ...config.validation import check_range
 from ...errors import ConfigError
 
@@ -26,20 +26,16 @@ class BOFTConfig(PeftConfig):
         default=1, metadata={"help": "Butterfly factors (1: plain block-diagonal OFT)."})
     target_modules: Optional[Union[list[str], str]] = field(
         default=None, metadata={"help": "Names (exact or '.'-suffix) or a full-match regex of modules to adapt."})
-    exclude_modules: Optional[Union[list[str], str]] = field(
-        default=None, metadata={"help": "Names or regex of modules never to adapt."})
+    exclude_modules: Optional[Union[list[str], str]] = targeting_field("exclude_modules")
     boft_dropout: float = field(
         default=0.0, metadata={"help": "Multiplicative dropout: the probability of a block becoming the identity."})
     fan_in_fan_out: bool = field(default=False, metadata={"help": "Weights stored (in, out) (unused: Linear/Conv2d)."})
     bias: Literal["none", "all", "boft_only"] = field(default="none", metadata={"help": "Which biases train."})
-    modules_to_save: Optional[list[str]] = field(
-        default=None, metadata={"help": "Modules trained in full and saved with the adapter."})
+    modules_to_save: Optional[list[str]] = targeting_field("modules_to_save")
     init_weights: bool = field(
         default=True, metadata={"help": "True: R = 0, s = 1 (the identity); False: R ~ N(0, 0.1), s ~ N(1, 0.1)."})
-    layers_to_transform: Optional[Union[list[int], int]] = field(
-        default=None, metadata={"help": "Only adapt these layer indices."})
-    layers_pattern: Optional[Union[list[str], str]] = field(
-        default=None, metadata={"help": "Name of the layer list (e.g. 'layers', 'h') for layers_to_transform."})
+    layers_to_transform: Optional[Union[list[int], int]] = targeting_field("layers_to_transform")
+    layers_pattern: Optional[Union[list[str], str]] = targeting_field("layers_pattern")
 
     _method = PeftType.BOFT
 

@@ -7,7 +7,7 @@ from typing import Optional, Union
 
 from ...config.base import PeftConfig
 from ...config.enums import PeftType
-from ...config.targets import check_targeting, compile_pattern
+from ...config.targets import check_targeting, compile_pattern, targeting_field
 from ...config.validation import check_range
 from ...errors import ConfigError
 
@@ -23,17 +23,12 @@ class FourierFTConfig(PeftConfig):
     random_loc_seed: Optional[int] = field(
         default=777, metadata={"help": "Seed of the spectral locations (not saved: drawn again from the seed)."})
     fan_in_fan_out: bool = field(default=False, metadata={"help": "Base weight stored (in, out), as GPT-2's Conv1D."})
-    target_modules: Optional[Union[list[str], str]] = field(
-        default=None, metadata={"help": "Names (exact or '.'-suffix), a full-match regex, or 'all-linear'."})
-    exclude_modules: Optional[Union[list[str], str]] = field(
-        default=None, metadata={"help": "Names or regex of modules never to adapt."})
+    target_modules: Optional[Union[list[str], str]] = targeting_field("target_modules")
+    exclude_modules: Optional[Union[list[str], str]] = targeting_field("exclude_modules")
     bias: str = field(default="none", metadata={"help": "Which biases train: 'none', 'all' or 'fourier_only'."})
-    modules_to_save: Optional[list[str]] = field(
-        default=None, metadata={"help": "Modules trained in full and saved with the adapter."})
-    layers_to_transform: Optional[Union[list[int], int]] = field(
-        default=None, metadata={"help": "Only adapt these layer indices."})
-    layers_pattern: Optional[Union[list[str], str]] = field(
-        default=None, metadata={"help": "Name of the layer list (e.g. 'layers', 'h') for layers_to_transform."})
+    modules_to_save: Optional[list[str]] = targeting_field("modules_to_save")
+    layers_to_transform: Optional[Union[list[int], int]] = targeting_field("layers_to_transform")
+    layers_pattern: Optional[Union[list[str], str]] = targeting_field("layers_pattern")
     n_frequency_pattern: Optional[dict] = field(
         default_factory=dict, metadata={"help": "Per-module n_frequency overrides: {name or regex suffix: n}."})
     init_weights: bool = field(

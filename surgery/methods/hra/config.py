@@ -6,7 +6,7 @@ from typing import Literal, Optional, Union
 
 from ...config.base import PeftConfig
 from ...config.enums import PeftType
-from ...config.targets import check_targeting
+from ...config.targets import check_targeting, targeting_field
 from ...config.validation import check_range
 
 
@@ -14,19 +14,14 @@ from ...config.validation import check_range
 class HRAConfig(PeftConfig):
     r: int = field(default=8, metadata={"help": "Number of Householder reflections (even, for the identity init)."})
     apply_GS: bool = field(default=False, metadata={"help": "Orthonormalise the vectors (Gram-Schmidt) first."})
-    target_modules: Optional[Union[list[str], str]] = field(
-        default=None, metadata={"help": "Names (exact or '.'-suffix), a full-match regex, or 'all-linear'."})
-    exclude_modules: Optional[Union[list[str], str]] = field(
-        default=None, metadata={"help": "Names or regex of modules never to adapt."})
+    target_modules: Optional[Union[list[str], str]] = targeting_field("target_modules")
+    exclude_modules: Optional[Union[list[str], str]] = targeting_field("exclude_modules")
     init_weights: bool = field(
         default=True, metadata={"help": "True: symmetric init (H = I for even r); False: random kaiming vectors."})
-    layers_to_transform: Optional[Union[list[int], int]] = field(
-        default=None, metadata={"help": "Only adapt these layer indices."})
-    layers_pattern: Optional[Union[list[str], str]] = field(
-        default=None, metadata={"help": "Name of the layer list (e.g. 'layers', 'h') for layers_to_transform."})
+    layers_to_transform: Optional[Union[list[int], int]] = targeting_field("layers_to_transform")
+    layers_pattern: Optional[Union[list[str], str]] = targeting_field("layers_pattern")
     bias: Literal["none", "all", "hra_only"] = field(default="none", metadata={"help": "Which biases train."})
-    modules_to_save: Optional[list[str]] = field(
-        default=None, metadata={"help": "Modules trained in full and saved with the adapter."})
+    modules_to_save: Optional[list[str]] = targeting_field("modules_to_save")
 
     _method = PeftType.HRA
 

@@ -11,22 +11,19 @@ from typing import Optional, Union
 
 from ...config.base import PeftConfig
 from ...config.enums import PeftType
-from ...config.targets import check_targeting, compile_pattern
+from ...config.targets import check_targeting, compile_pattern, targeting_field
 from ...errors import ConfigError
 
 
 @dataclass
 class IA3Config(PeftConfig):
-    target_modules: Optional[Union[list[str], str]] = field(
-        default=None, metadata={"help": "Names (exact or '.'-suffix), a full-match regex, or 'all-linear'."})
-    exclude_modules: Optional[Union[list[str], str]] = field(
-        default=None, metadata={"help": "Names or regex of modules never to adapt."})
+    target_modules: Optional[Union[list[str], str]] = targeting_field("target_modules")
+    exclude_modules: Optional[Union[list[str], str]] = targeting_field("exclude_modules")
     feedforward_modules: Optional[Union[list[str], str]] = field(
         default=None, metadata={"help": "Targets whose input is scaled (names: a suffix of the module path; "
                                         "or a full-match regex); the others scale their output."})
     fan_in_fan_out: bool = field(default=False, metadata={"help": "Base weight stored (in, out), as GPT-2's Conv1D."})
-    modules_to_save: Optional[list[str]] = field(
-        default=None, metadata={"help": "Modules trained in full and saved with the adapter."})
+    modules_to_save: Optional[list[str]] = targeting_field("modules_to_save")
     init_ia3_weights: bool = field(
         default=True, metadata={"help": "True: vectors start at 1 (the identity); False: N(0, 1)."})
 

@@ -6,7 +6,7 @@ from typing import Optional, Union
 
 from ...config.base import PeftConfig
 from ...config.enums import PeftType
-from ...config.targets import check_targeting
+from ...config.targets import check_targeting, targeting_field
 from ...errors import ConfigError
 
 
@@ -15,10 +15,8 @@ class LNTuningConfig(PeftConfig):
     target_modules: Optional[Union[list[str], str]] = field(
         default=None, metadata={"help": "Modules to train as copies (names or a full-match regex); default: the "
                                         "architecture's normalisation layers."})
-    exclude_modules: Optional[Union[list[str], str]] = field(
-        default=None, metadata={"help": "Names or regex of modules never to adapt."})
-    modules_to_save: Optional[Union[list[str], str]] = field(
-        default=None, metadata={"help": "Modules trained in full and saved with the adapter."})
+    exclude_modules: Optional[Union[list[str], str]] = targeting_field("exclude_modules")
+    modules_to_save: Optional[Union[list[str], str]] = targeting_field("modules_to_save")
 
     _method = PeftType.LN_TUNING
 

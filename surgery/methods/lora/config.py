@@ -10,7 +10,7 @@ from typing import Literal, Optional, Union
 
 from ...config.base import PeftConfig
 from ...config.enums import PeftType
-from ...config.targets import check_targeting
+from ...config.targets import check_targeting, targeting_field
 from ...config.validation import check_range
 
 LORA_INERT_KEYS = {
@@ -26,23 +26,18 @@ LORA_INERT_KEYS = {
 @dataclass
 class LoraConfig(PeftConfig):
     r: int = field(default=8, metadata={"help": "LoRA rank (attention dimension)."})
-    target_modules: Optional[Union[list[str], str]] = field(
-        default=None, metadata={"help": "Names (exact or '.'-suffix), a full-match regex, or 'all-linear'."})
-    exclude_modules: Optional[Union[list[str], str]] = field(
-        default=None, metadata={"help": "Names or regex of modules never to adapt."})
+    target_modules: Optional[Union[list[str], str]] = targeting_field("target_modules")
+    exclude_modules: Optional[Union[list[str], str]] = targeting_field("exclude_modules")
     lora_alpha: Union[int, float] = field(default=8, metadata={"help": "Scaling numerator: alpha / r."})
     lora_dropout: float = field(default=0.0, metadata={"help": "Dropout on the LoRA input."})
     fan_in_fan_out: bool = field(default=False, metadata={"help": "Base weight stored (in, out), as GPT-2's Conv1D."})
     bias: Literal["none", "all", "lora_only"] = field(default="none", metadata={"help": "Which biases train."})
     use_rslora: bool = field(default=False, metadata={"help": "Scale by alpha / sqrt(r) (rank-stabilised)."})
-    modules_to_save: Optional[list[str]] = field(
-        default=None, metadata={"help": "Modules trained in full and saved with the adapter."})
+    modules_to_save: Optional[list[str]] = targeting_field("modules_to_save")
     init_lora_weights: Union[bool, Literal["gaussian"]] = field(
         default=True, metadata={"help": "True: A kaiming, B zero; 'gaussian': A normal(1/r); False: no-op init."})
-    layers_to_transform: Optional[Union[list[int], int]] = field(
-        default=None, metadata={"help": "Only adapt these layer indices."})
-    layers_pattern: Optional[Union[list[str], str]] = field(
-        default=None, metadata={"help": "Name of the layer list (e.g. 'layers', 'h') for layers_to_transform."})
+    layers_to_transform: Optional[Union[list[int], int]] = targeting_field("layers_to_transform")
+    layers_pattern: Optional[Union[list[str], str]] = targeting_field("layers_pattern")
     rank_pattern: Optional[dict[str, int]] = field(
         default_factory=dict, metadata={"help": "Per-module rank overrides: {name or regex: r}."})
     alpha_pattern: Optional[dict[str, Union[int, float]]] = field(

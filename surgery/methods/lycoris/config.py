@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import Optional, Union
 
 from ...config.base import PeftConfig
-from ...config.targets import check_targeting
+from ...config.targets import check_targeting, targeting_field
 from ...config.validation import check_range
 from ...errors import ConfigError
 
@@ -28,18 +28,13 @@ class LycorisConfig(PeftConfig):
         default=0.0, metadata={"help": "Training only: probability of skipping the whole adapter for a forward."})
     use_effective_conv2d: bool = field(
         default=False, metadata={"help": "Conv1d/Conv2d with a kernel > 1: CP-decompose the kernel (FedPara Prop. 3)."})
-    target_modules: Optional[Union[list[str], str]] = field(
-        default=None, metadata={"help": "Names (exact or '.'-suffix), a full-match regex, or 'all-linear'."})
-    exclude_modules: Optional[Union[list[str], str]] = field(
-        default=None, metadata={"help": "Names or regex of modules never to adapt."})
+    target_modules: Optional[Union[list[str], str]] = targeting_field("target_modules")
+    exclude_modules: Optional[Union[list[str], str]] = targeting_field("exclude_modules")
     init_weights: bool = field(
         default=True, metadata={"help": "True: the delta starts at zero; False: every factor random (testing)."})
-    layers_to_transform: Optional[Union[list[int], int]] = field(
-        default=None, metadata={"help": "Only adapt these layer indices."})
-    layers_pattern: Optional[Union[list[str], str]] = field(
-        default=None, metadata={"help": "Name of the layer list (e.g. 'layers', 'h') for layers_to_transform."})
-    modules_to_save: Optional[list[str]] = field(
-        default=None, metadata={"help": "Modules trained in full and saved with the adapter."})
+    layers_to_transform: Optional[Union[list[int], int]] = targeting_field("layers_to_transform")
+    layers_pattern: Optional[Union[list[str], str]] = targeting_field("layers_pattern")
+    modules_to_save: Optional[list[str]] = targeting_field("modules_to_save")
 
     # whether the rank-dropout mask is divided by its mean (then a rate of 1 gives 0 / 0)
     rescales_rank_dropout = True

@@ -12,7 +12,7 @@ from typing import Any, Literal, Optional, Union
 
 from ...config.base import PeftConfig
 from ...config.enums import PeftType
-from ...config.targets import check_targeting
+from ...config.targets import check_targeting, targeting_field
 from ...config.validation import check_range
 from ...errors import ConfigError
 
@@ -29,20 +29,15 @@ class OFTConfig(PeftConfig):
         default=32, metadata={"help": "Size of each OFT block (0: derive it from r); must divide in_features."})
     module_dropout: float = field(
         default=0.0, metadata={"help": "Multiplicative block dropout (PEFT 0.21.2 builds it but never applies it)."})
-    target_modules: Optional[Union[list[str], str]] = field(
-        default=None, metadata={"help": "Names (exact or '.'-suffix), a full-match regex, or 'all-linear'."})
+    target_modules: Optional[Union[list[str], str]] = targeting_field("target_modules")
     fan_in_fan_out: bool = field(default=False, metadata={"help": "Weight stored (in, out); False for nn.Linear."})
     bias: Literal["none", "all", "oft_only"] = field(default="none", metadata={"help": "Which biases train."})
-    exclude_modules: Optional[Union[list[str], str]] = field(
-        default=None, metadata={"help": "Names or regex of modules never to adapt."})
+    exclude_modules: Optional[Union[list[str], str]] = targeting_field("exclude_modules")
     init_weights: bool = field(
         default=True, metadata={"help": "True: zero skew parameters (identity rotation); False: N(0, 0.1)."})
-    layers_to_transform: Optional[Union[list[int], int]] = field(
-        default=None, metadata={"help": "Only adapt these layer indices."})
-    layers_pattern: Optional[Union[list[str], str]] = field(
-        default=None, metadata={"help": "Name of the layer list (e.g. 'layers', 'h') for layers_to_transform."})
-    modules_to_save: Optional[list[str]] = field(
-        default=None, metadata={"help": "Modules trained in full and saved with the adapter."})
+    layers_to_transform: Optional[Union[list[int], int]] = targeting_field("layers_to_transform")
+    layers_pattern: Optional[Union[list[str], str]] = targeting_field("layers_pattern")
+    modules_to_save: Optional[list[str]] = targeting_field("modules_to_save")
     coft: bool = field(default=False, metadata={"help": "Constrained OFT: keep each block within eps of identity."})
     eps: float = field(default=6e-5, metadata={"help": "COFT's radius (only used with coft=True)."})
     block_share: bool = field(default=False, metadata={"help": "One rotation block shared by every block."})

@@ -7,7 +7,7 @@ from typing import Literal, Optional, Union
 
 from ...config.base import PeftConfig
 from ...config.enums import PeftType
-from ...config.targets import check_targeting
+from ...config.targets import check_targeting, targeting_field
 from ...config.validation import check_range
 from ...errors import ConfigError
 
@@ -18,8 +18,7 @@ SEED_LOW, SEED_HIGH = -(2 ** 63), 2 ** 64 - 1
 @dataclass
 class VeraConfig(PeftConfig):
     r: int = field(default=256, metadata={"help": "Rank of the shared projections (higher than LoRA ranks)."})
-    target_modules: Optional[Union[list[str], str]] = field(
-        default=None, metadata={"help": "Names (exact or '.'-suffix), a full-match regex, or 'all-linear'."})
+    target_modules: Optional[Union[list[str], str]] = targeting_field("target_modules")
     projection_prng_key: int = field(
         default=0, metadata={"help": "Seed of the shared vera_A / vera_B projections."})
     save_projection: bool = field(
@@ -28,14 +27,11 @@ class VeraConfig(PeftConfig):
     d_initial: float = field(default=0.1, metadata={"help": "Initial value of every vera_lambda_d entry."})
     fan_in_fan_out: bool = field(default=False, metadata={"help": "Base weight stored (in, out), as GPT-2's Conv1D."})
     bias: Literal["none", "all", "vera_only"] = field(default="none", metadata={"help": "Which biases train."})
-    modules_to_save: Optional[list[str]] = field(
-        default=None, metadata={"help": "Modules trained in full and saved with the adapter."})
+    modules_to_save: Optional[list[str]] = targeting_field("modules_to_save")
     init_weights: bool = field(
         default=True, metadata={"help": "True: lambda_b = 0, lambda_d = d_initial; False: 1 and N(0, 1)."})
-    layers_to_transform: Optional[Union[list[int], int]] = field(
-        default=None, metadata={"help": "Only adapt these layer indices."})
-    layers_pattern: Optional[Union[list[str], str]] = field(
-        default=None, metadata={"help": "Name of the layer list (e.g. 'layers', 'h') for layers_to_transform."})
+    layers_to_transform: Optional[Union[list[int], int]] = targeting_field("layers_to_transform")
+    layers_pattern: Optional[Union[list[str], str]] = targeting_field("layers_pattern")
 
     _method = PeftType.VERA
 
