@@ -6,7 +6,7 @@
       ├── peft_config: {adapter name: resolved config}
       ├── plans: {adapter name: Plan}             what each adapter changed, printable as a table
       └── <injected state>                        methods that add inputs instead of layers:
-                                                  one InjectedState, e.g. `prompt_encoder`
+                                                  one InjectedState, under PEFT's attribute name
 
 Every adapter takes one flow: plan -> stage (injected state, nothing changes) -> apply -> attach. The façade
 names no method: what differs between methods is in their specs.
@@ -40,7 +40,7 @@ class PeftModel(PersistenceMixin, TrainingMixin, nn.Module):
     default_modules_to_save: tuple[str, ...] = ()
     # task_type -> task class (facade/tasks.py fills it), for PeftModel.from_pretrained
     task_classes: dict = {}
-    # True inside `with model.disable_adapter():` (injected state, e.g. prompts, is then left out too)
+    # True inside `with model.disable_adapter():` (injected state is then left out too)
     _adapters_disabled = False
 
     def __init__(self, model: nn.Module, peft_config: PeftConfig, adapter_name: str = "default",
@@ -231,7 +231,7 @@ class PeftModel(PersistenceMixin, TrainingMixin, nn.Module):
         except AttributeError:
             if name == "base_model":
                 raise
-            for state in self._injected_states():   # PEFT's names for injected state (prompt_tokens, ...)
+            for state in self._injected_states():   # PEFT's names for injected state
                 if name in state.exposed:
                     return getattr(state, name)
             try:
