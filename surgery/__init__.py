@@ -4,13 +4,15 @@ The public API mirrors Hugging Face PEFT's (read peft.X as surgery.X). Each meth
 class, tuner class, ...) come from its package under surgery/methods/, gathered through the registry.
 """
 from .version import __version__
-from .api import apply_rules, plan
+from .api import apply_rules, inject_adapter_in_model, plan
+from .checkpoint.base_state import get_base_model_state_dict, set_base_model_state_dict
 from .checkpoint.state import get_peft_model_state_dict, set_peft_model_state_dict
 from .config.base import PeftConfig
 from .config.enums import PeftType, TaskType
 from .config.loading import get_peft_config, load_config
-from .errors import SurgeryError
+from .errors import NoMatchingPeftModuleError, PeftError, PeftWarning, SurgeryError
 from .facade.peft_model import PeftModel
+from .facade.status import TunerLayerStatus, TunerModelStatus, get_layer_status, get_model_status
 from .facade.tasks import (
     MODEL_TYPE_TO_PEFT_MODEL_MAPPING,
     PeftModelForCausalLM,
@@ -22,14 +24,22 @@ from .facade.tasks import (
     get_peft_model,
 )
 from .integrations.allocator import tune_cpu_allocator
+from .methods.registry import peft_type_mappings as _peft_type_mappings
 from .methods.registry import public_names as _method_names
 from .plan.model import Plan, Rewrite
 
 _METHOD_NAMES = _method_names()
 globals().update(_METHOD_NAMES)
+_MAPPINGS = _peft_type_mappings()
+PEFT_TYPE_TO_CONFIG_MAPPING = _MAPPINGS["PEFT_TYPE_TO_CONFIG_MAPPING"]
+PEFT_TYPE_TO_TUNER_MAPPING = _MAPPINGS["PEFT_TYPE_TO_TUNER_MAPPING"]
+PEFT_TYPE_TO_PREFIX_MAPPING = _MAPPINGS["PEFT_TYPE_TO_PREFIX_MAPPING"]
 
 __all__ = sorted([
-    "MODEL_TYPE_TO_PEFT_MODEL_MAPPING", "PeftConfig", "PeftModel",
+    "MODEL_TYPE_TO_PEFT_MODEL_MAPPING", "NoMatchingPeftModuleError", "PEFT_TYPE_TO_CONFIG_MAPPING",
+    "PEFT_TYPE_TO_PREFIX_MAPPING", "PEFT_TYPE_TO_TUNER_MAPPING", "PeftConfig", "PeftError", "PeftModel", "PeftWarning",
+    "TunerLayerStatus", "TunerModelStatus", "get_base_model_state_dict", "get_layer_status", "get_model_status",
+    "inject_adapter_in_model", "set_base_model_state_dict",
     "PeftModelForCausalLM", "PeftModelForFeatureExtraction", "PeftModelForQuestionAnswering",
     "PeftModelForSeq2SeqLM", "PeftModelForSequenceClassification", "PeftModelForTokenClassification",
     "PeftType", "Plan", "Rewrite", "SurgeryError", "TaskType", "apply_rules", "get_peft_config",

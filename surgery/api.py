@@ -31,4 +31,19 @@ def apply_rules(model: nn.Module, cfg: Union[PeftConfig, dict, str], adapter_nam
     return apply_plan(model, p, config, active=active)
 
 
-__all__ = ["plan", "apply_rules", "resolved_config"]
+def inject_adapter_in_model(peft_config: PeftConfig, model: nn.Module, adapter_name: str = "default",
+                            low_cpu_mem_usage: bool = False, state_dict: Optional[dict] = None) -> nn.Module:
+    """PEFT's low-level API: add adapter layers to `model` in place and return it (no PeftModel).
+
+    state_dict: adapt the modules its keys name (values unused), for checkpoints whose targets are unknown.
+    Methods that add inputs (prompt learning) or share state across layers (VeRA) need get_peft_model."""
+    spec = get_method(peft_config.peft_type)
+    if spec.injector is not None or spec.shared_state is not None:
+        why = "adds inputs, not layers" if spec.injector is not None else "shares state across its layers"
+        raise PlanError(f"inject_adapter_in_model: {spec.label} {why}, which lives on a PeftModel; use "
+                        f"get_peft_model(model, config) instead")
+    spec.tuner_cls(model, peft_config, adapter_name, low_cpu_mem_usage=low_cpu_mem_usage, state_dict=state_dict)
+    return model
+
+
+__all__ = ["plan", "apply_rules", "resolved_config", "inject_adapter_in_model"]

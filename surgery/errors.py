@@ -5,7 +5,19 @@ import difflib
 from typing import Iterable
 
 
-class SurgeryError(ValueError):
+class PeftError(Exception):
+    """PEFT's base error class (same name, so `except PeftError` written for PEFT catches ours)."""
+
+
+class PeftWarning(UserWarning):
+    """PEFT's base warning class: every warning surgery issues on purpose is one."""
+
+
+class NoMatchingPeftModuleError(PeftError, ValueError):
+    """PEFT's error for an adapter whose targets matched nothing in the base model."""
+
+
+class SurgeryError(PeftError, ValueError):
     """Base class of every error `surgery` raises on purpose (a ValueError, as PEFT raises)."""
 
 
@@ -13,7 +25,7 @@ class ConfigError(SurgeryError):
     """A config key, type or value is invalid."""
 
 
-class TargetNotFoundError(SurgeryError):
+class TargetNotFoundError(SurgeryError, NoMatchingPeftModuleError):
     """A target selector matched no module of the model."""
 
 

@@ -10,12 +10,19 @@ import copy
 import dataclasses
 import enum
 import functools
+import json
 import logging
+import os
 import typing
+import warnings
+
+import packaging.version
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, ClassVar, Optional, Union
 
-from ..errors import ConfigError, did_you_mean
+from ..checkpoint.names import CONFIG_NAME, FORMAT_VERSION
+from ..errors import ConfigError, PeftWarning, did_you_mean
 from .enums import PeftType, TaskType
 from .validation import check_type
 
@@ -49,6 +56,8 @@ class PeftConfig:
                     f"{type(self).__name__}.peft_type = {self.peft_type!r}; this class only holds {self._method.value!r}"
                 )
             self.peft_type = self._method
+        if self.peft_version is None:   # as PEFT: a config records the format version it was made for
+            self.peft_version = _recorded_version()
         self._check_types()
         if self.task_type is not None:
             self.task_type = _as_enum(TaskType, self.task_type, f"{type(self).__name__}.task_type")
@@ -105,6 +114,51 @@ class PeftConfig:
                 logger.warning("ignoring unknown key %r in %s (written by another PEFT version?)", key, cls.__name__)
         return cls(**kwargs)
 
+    # -- files (PEFT's API) ----------------------------------------------------------------------------
+    def save_pretrained(self, save_directory: str, **kwargs) -> None:
+        """Write adapter_config.json into `save_directory` (created if needed); atomic."""
+        from ..checkpoint.atomic import atomic_write_text
+
+        if os.path.isfile(save_directory):
+            raise ConfigError(f"save_directory = {save_directory!r} is a file; pass a directory")
+        os.makedirs(save_directory, exist_ok=True)
+        data = self.to_dict()
+        if kwargs.get("auto_mapping_dict") is not None:
+            data["auto_mapping"] = kwargs["auto_mapping_dict"]
+        atomic_write_text(Path(save_directory) / CONFIG_NAME, json.dumps(data, indent=2, sort_keys=True))
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str, subfolder: Optional[str] = None, **kwargs):
+        """Load adapter_config.json from a directory or a Hub id (kwargs go to huggingface_hub); the class is
+        the one its peft_type names, as in PEFT."""
+        from ..checkpoint.io import read_config_dict, resolve_adapter_files
+
+        hub = {k: v for k, v in kwargs.items() if k not in cls.field_names()}
+        fields = {k: v for k, v in kwargs.items() if k in cls.field_names()}
+        directory = resolve_adapter_files(pretrained_model_name_or_path, subfolder=subfolder, **hub)
+        return cls.from_peft_type(**{**fields, **read_config_dict(directory)})
+
+    @classmethod
+    def from_json_file(cls, path_json_file: str, **kwargs) -> dict:
+        """The JSON object of a config file, as a dict (PEFT's API); a run-time-only key is dropped."""
+        with open(path_json_file, encoding="utf-8") as f:
+            data = json.load(f)
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path_json_file} must hold a JSON object, got {type(data).__name__}")
+        if data.pop("runtime_config", None) is not None:
+            warnings.warn(f"{path_json_file}: the runtime_config key is ignored (run-time options are not saved)",
+                          PeftWarning, stacklevel=2)
+        return data
+
+    @classmethod
+    def from_peft_type(cls, **kwargs) -> "PeftConfig":
+        """The config class `peft_type` names (this class without one), built from kwargs; keys written by
+        another PEFT version are dropped with a warning."""
+        target = cls
+        if kwargs.get("peft_type") is not None:
+            target = _config_class(_as_enum(PeftType, kwargs["peft_type"], f"{cls.__name__}.peft_type"))
+        return target.from_dict(kwargs, strict=False)
+
     def copy(self) -> "PeftConfig":
         return copy.deepcopy(self)
 
@@ -120,6 +174,41 @@ class PeftConfig:
 def _type_hints(cls) -> dict:
     """Resolved field annotations, once per class (resolving them costs ~0.4 ms, on every config)."""
     return typing.get_type_hints(cls)
+
+
+# The version a config records in peft_version: the PEFT on-disk format surgery writes. Module globals, read at
+# call time, as in PEFT's peft.config (tests of version recording patch them).
+__version__ = FORMAT_VERSION
+
+
+def _get_commit_hash(pkg_name: str) -> Optional[str]:
+    """The commit a dev install was built from; surgery records release format versions, which have none."""
+    return None
+
+
+def _recorded_version() -> str:
+    """__version__, plus "@<commit>" for a dev version (ambiguous alone); never fails a config's creation."""
+    version = __version__
+    if packaging.version.Version(version).dev is None:
+        return version
+    try:
+        commit = _get_commit_hash("peft") or "UNKNOWN"
+    except Exception:
+        warnings.warn("A dev version of PEFT is used but there was an error while trying to determine the commit "
+                      "hash; peft_version records it as UNKNOWN", PeftWarning, stacklevel=3)
+        commit = "UNKNOWN"
+    return f"{version}@{commit}"
+
+
+def _config_class(peft_type: PeftType) -> type:
+    """The config class of a method (every method package defines one PeftConfig subclass with `_method`)."""
+    pending = list(PeftConfig.__subclasses__())
+    while pending:
+        sub = pending.pop()
+        if sub.__dict__.get("_method") == peft_type:
+            return sub
+        pending.extend(sub.__subclasses__())
+    raise ConfigError(f"peft_type = {peft_type.value!r} is a PEFT method surgery does not implement yet")
 
 
 def _check_inert(cls, key: str, value: Any) -> None:

@@ -23,13 +23,10 @@ from ..errors import AdapterNameError, ConfigError, MethodAttributeError
 from ..methods.registry import exposed_by, get_method
 from ..naming import BASE_NAME, validate_adapter_name
 from ..plan.model import Plan, trainable_line
-from ..plan.planner import plan_with_config
-from ..rewrite.apply import apply_plan
-from ..rewrite.dtypes import upcast_adapter
-from ..rewrite.merge import unwrap
-from ..rewrite.trainable import adapter_layers, mark_trainable
+from ..rewrite.trainable import adapter_layers
 from .injected import InjectedState
 from .persistence import PersistenceMixin
+from .status import get_layer_status, get_model_status
 from .training import TrainingMixin
 
 
@@ -47,13 +44,20 @@ class PeftModel(PersistenceMixin, TrainingMixin, nn.Module):
                  autocast_adapter_dtype: bool = True, low_cpu_mem_usage: bool = False, **kwargs):
         super().__init__()
         self.peft_config: dict[str, PeftConfig] = {}
-        self.plans: dict[str, Plan] = {}
-        self._active_adapter = adapter_name
-        self.base_model = get_method(peft_config.peft_type).tuner_cls(model, self.peft_config)
+        self.base_model = get_method(peft_config.peft_type).tuner_cls(model, self.peft_config, adapter_name)
         self.special_peft_forward_args = {"adapter_names"}
         self._add(adapter_name, peft_config, activate=True, strict=kwargs.pop("_strict_targets", True),
                   autocast_adapter_dtype=autocast_adapter_dtype, checkpoint_shapes=kwargs.pop("_checkpoint_shapes", None))
         self._prepare_for_gradient_checkpointing(model)
+
+    @property
+    def plans(self) -> dict[str, Plan]:
+        """{adapter name: the Plan it applied} (kept by the tuner)."""
+        return self.base_model.plans
+
+    @property
+    def _active_adapter(self) -> str:
+        return self.base_model.active_adapters[0]
 
     # -- adapters --------------------------------------------------------------------------------------
     def _add(self, adapter_name: str, peft_config: PeftConfig, activate: bool, strict: bool = True,
@@ -64,21 +68,18 @@ class PeftModel(PersistenceMixin, TrainingMixin, nn.Module):
                                    f"first or choose another name")
         self._check_new_adapter(peft_config)
         spec = get_method(peft_config.peft_type)
+        plan, config = self.base_model.plan_adapter(adapter_name, peft_config, strict=strict,
+                                                    heads=self.default_modules_to_save,
+                                                    checkpoint_shapes=checkpoint_shapes)
         model = self.get_base_model()
-        plan, config = plan_with_config(model, peft_config, adapter_name, strict_targets=strict,
-                                        heads=self.default_modules_to_save, checkpoint_shapes=checkpoint_shapes)
         state = self._injected_state(spec, create=True) if spec.injector is not None else None
         staged = state.stage(model, plan, config) if state is not None else None   # may fail: nothing changed
         active = [adapter_name] if activate else self.active_adapters
-        apply_plan(model, plan, config, active=active, holder=self.base_model)
+        self.base_model.apply_adapter(plan, config, active, autocast_adapter_dtype=autocast_adapter_dtype)
         if state is not None:
             state.attach(adapter_name, staged)
-        if autocast_adapter_dtype and spec.upcasts_adapters:
-            upcast_adapter(model, adapter_name)
-        self.plans[adapter_name] = plan
-        self.peft_config[adapter_name] = config
         if activate:
-            self._active_adapter = adapter_name
+            self.base_model.active_adapter = adapter_name
         return plan
 
     def _check_new_adapter(self, config: PeftConfig) -> None:
@@ -123,27 +124,14 @@ class PeftModel(PersistenceMixin, TrainingMixin, nn.Module):
         """Sets the active adapter. As in PEFT, it becomes trainable (the others frozen) unless inference_mode."""
         if adapter_name not in self.peft_config:
             raise AdapterNameError(f"adapter {adapter_name!r} not found; adapters: {list(self.peft_config)}")
-        self._active_adapter = adapter_name
-        config = self.peft_config[adapter_name].copy()
-        config.inference_mode = inference_mode
-        mark_trainable(self.get_base_model(), config, [adapter_name], self.plans[adapter_name].paths())
+        self.base_model.set_adapter(adapter_name, inference_mode=inference_mode)
 
     def delete_adapter(self, adapter_name: str) -> None:
         if adapter_name not in self.peft_config:
             raise AdapterNameError(f"adapter {adapter_name!r} not found; adapters: {list(self.peft_config)}")
-        model = self.get_base_model()
-        for fqn, layer in list(adapter_layers(model)):
-            if adapter_name in layer.adapter_names():
-                layer.delete_adapter(adapter_name)
-                if not layer.adapter_names():   # nothing left on it: the original module goes back in
-                    unwrap(model, fqn, layer)
         for state in self._injected_states():
             state.detach(adapter_name)
-        self.base_model.delete_shared_state(adapter_name)
-        del self.peft_config[adapter_name]
-        del self.plans[adapter_name]
-        if self._active_adapter == adapter_name and self.peft_config:
-            self.set_adapter(next(iter(self.peft_config)))
+        self.base_model.delete_adapter(adapter_name)
 
     @property
     def active_adapter(self) -> str:
@@ -151,7 +139,7 @@ class PeftModel(PersistenceMixin, TrainingMixin, nn.Module):
 
     @property
     def active_adapters(self) -> list[str]:
-        return [self._active_adapter]
+        return self.base_model.active_adapters
 
     @property
     def active_peft_config(self) -> PeftConfig:
@@ -244,6 +232,14 @@ class PeftModel(PersistenceMixin, TrainingMixin, nn.Module):
                 kinds = ", ".join(sorted({c.peft_type.value for c in self.peft_config.values()})) or "none"
                 raise MethodAttributeError(f"{name} is only for {methods} adapters; this model's adapters are "
                                            f"{kinds}") from None
+
+    def get_layer_status(self):
+        """One TunerLayerStatus per adapter layer (PEFT's API; see facade/status.py)."""
+        return get_layer_status(self)
+
+    def get_model_status(self):
+        """The model-wide TunerModelStatus, "irregular" where layers disagree (PEFT's API)."""
+        return get_model_status(self)
 
     # -- counting --------------------------------------------------------------------------------------
     def get_nb_trainable_parameters(self) -> tuple[int, int]:

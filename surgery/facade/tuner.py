@@ -7,11 +7,21 @@ subclass (PEFT's `<Method>Model`) in its spec: the class PEFT users see and chec
 """
 from __future__ import annotations
 
+from typing import Optional, Union
+
 import torch
 from torch import nn
 
-from ..rewrite.merge import merge_adapters, unload, unmerge_adapters
-from ..rewrite.trainable import adapter_layers
+from ..config.base import PeftConfig
+from ..errors import AdapterNameError, PlanError
+from ..methods.registry import get_method
+from ..naming import validate_adapter_name
+from ..plan.model import Plan
+from ..plan.planner import plan_with_config
+from ..rewrite.apply import apply_plan
+from ..rewrite.dtypes import upcast_adapter
+from ..rewrite.merge import merge_adapters, unload, unmerge_adapters, unwrap
+from ..rewrite.trainable import adapter_layers, mark_trainable
 
 
 class SharedBuffers(nn.Module):
@@ -38,10 +48,25 @@ class SharedBuffers(nn.Module):
 
 
 class TunerModel(nn.Module):
-    def __init__(self, model: nn.Module, peft_config: dict):
+    """PEFT's BaseTuner: the rewritten model plus its adapters' configs, plans and which adapters are active.
+
+    `LoraModel(model, config, "default")` (PEFT's low-level use) injects the adapter at once; the façade
+    passes its own {name: config} dict and adds adapters through plan_adapter / apply_adapter.
+    """
+
+    prefix: str = ""   # the method's parameter-name prefix (PEFT's tuner attribute, e.g. "lora_")
+
+    def __init__(self, model: nn.Module, peft_config, adapter_name: str = "default", low_cpu_mem_usage: bool = False,
+                 state_dict: Optional[dict] = None, **kwargs):
         super().__init__()
         self.model = model
-        self.peft_config = peft_config
+        injects = isinstance(peft_config, PeftConfig)
+        self.peft_config: dict = {} if injects else peft_config
+        self.plans: dict[str, Plan] = {}
+        self.__dict__["_active"] = [adapter_name]
+        if injects:
+            self.peft_config[adapter_name] = peft_config
+            self.inject_adapter(model, adapter_name, state_dict=state_dict)
 
     def forward(self, *args, **kwargs):
         return self.model(*args, **kwargs)
@@ -53,6 +78,99 @@ class TunerModel(nn.Module):
             if name == "model":
                 raise
             return getattr(self.model, name)
+
+    # -- adapters ----------------------------------------------------------------------------------------
+    @property
+    def active_adapters(self) -> list[str]:
+        return list(self._active)
+
+    @property
+    def active_adapter(self) -> Union[str, list[str]]:
+        return self._active[0] if len(self._active) == 1 else list(self._active)
+
+    @active_adapter.setter
+    def active_adapter(self, names: Union[str, list[str]]) -> None:
+        self.__dict__["_active"] = [names] if isinstance(names, str) else list(names)
+
+    @property
+    def targeted_module_names(self) -> list[str]:
+        """The modules the adapters rewrote (PEFT's attribute), in model order per adapter."""
+        return list(dict.fromkeys(path for plan in self.plans.values() for path in plan.paths()))
+
+    def plan_adapter(self, adapter_name: str, config: PeftConfig, strict: bool = True, heads=None,
+                     checkpoint_shapes: Optional[dict] = None):
+        """(plan, resolved config) of a new adapter; nothing changes yet."""
+        validate_adapter_name(adapter_name)
+        if adapter_name in self.plans:
+            raise AdapterNameError(f"adapter {adapter_name!r} already exists; delete_adapter({adapter_name!r}) "
+                                   f"first or choose another name")
+        return plan_with_config(self.model, config, adapter_name, strict_targets=strict, heads=heads,
+                                checkpoint_shapes=checkpoint_shapes)
+
+    def apply_adapter(self, plan: Plan, config: PeftConfig, active: list[str], autocast_adapter_dtype: bool = True):
+        """Rewrite the model as `plan` says and record the adapter."""
+        apply_plan(self.model, plan, config, active=active, holder=self)
+        if autocast_adapter_dtype and get_method(config.peft_type).upcasts_adapters:
+            upcast_adapter(self.model, plan.adapter_name)
+        self.plans[plan.adapter_name] = plan
+        self.peft_config[plan.adapter_name] = config
+
+    def inject_adapter(self, model: nn.Module, adapter_name: str, autocast_adapter_dtype: bool = True,
+                       low_cpu_mem_usage: bool = False, state_dict: Optional[dict] = None) -> None:
+        """PEFT's BaseTuner.inject_adapter: add the adapter whose config is self.peft_config[adapter_name].
+        With `state_dict`, the modules its keys name are adapted (its values are not loaded)."""
+        config = self.peft_config.pop(adapter_name)
+        spec = get_method(config.peft_type)
+        if spec.injector is not None:
+            raise PlanError(f"{spec.label} adds inputs, not layers: use get_peft_model(model, config)")
+        shapes = None
+        if state_dict is not None:
+            config = config.copy()
+            config.target_modules = _modules_named_by(state_dict, self.prefix)
+            shapes = {k: tuple(v.shape) for k, v in state_dict.items() if hasattr(v, "shape")}
+        try:
+            plan, resolved = self.plan_adapter(adapter_name, config, checkpoint_shapes=shapes)
+        except Exception:
+            self.peft_config[adapter_name] = config
+            raise
+        first = not self.plans
+        self.apply_adapter(plan, resolved, active=[adapter_name] if first else self.active_adapters,
+                           autocast_adapter_dtype=autocast_adapter_dtype)
+        if first:
+            self.active_adapter = adapter_name
+        mark_trainable(self.model, resolved, self.active_adapters, plan.paths())
+
+    def set_adapter(self, adapter_name: Union[str, list[str]], inference_mode: bool = False,
+                    inhibit_same_adapter_change: bool = False) -> None:
+        """Activate these adapters; they train (the others are frozen) unless inference_mode."""
+        names = [adapter_name] if isinstance(adapter_name, str) else list(adapter_name)
+        unknown = [n for n in names if n not in self.peft_config]
+        if unknown:
+            raise AdapterNameError(f"adapter(s) {unknown} not found; adapters: {list(self.peft_config)}")
+        self.active_adapter = names
+        config = self.peft_config[names[0]].copy()
+        config.inference_mode = inference_mode
+        paths = [p for n in names if n in self.plans for p in self.plans[n].paths()]
+        mark_trainable(self.model, config, names, paths)
+
+    def delete_adapter(self, adapter_name: str) -> None:
+        """Remove an adapter's layers' parts (layers left empty are unwrapped) and its shared state."""
+        if adapter_name not in self.peft_config:
+            raise AdapterNameError(f"adapter {adapter_name!r} not found; adapters: {list(self.peft_config)}")
+        for fqn, layer in list(adapter_layers(self.model)):
+            if adapter_name in layer.adapter_names():
+                layer.delete_adapter(adapter_name)
+                if not layer.adapter_names():   # nothing left on it: the original module goes back in
+                    unwrap(self.model, fqn, layer)
+        self.delete_shared_state(adapter_name)
+        del self.peft_config[adapter_name]
+        self.plans.pop(adapter_name, None)
+        remaining = [n for n in self._active if n != adapter_name]
+        if len(remaining) != len(self._active):
+            if remaining:
+                self.set_adapter(remaining)
+            elif self.peft_config:
+                self.set_adapter(next(iter(self.peft_config)))
 
     # -- shared per-adapter state ----------------------------------------------------------------------
     def add_shared_state(self, adapter_name: str, shared) -> dict[str, SharedBuffers]:
@@ -103,3 +221,17 @@ class TunerModel(nn.Module):
     def disable_adapter_layers(self) -> None:
         for _, layer in adapter_layers(self.model):
             layer.enable_adapters(False)
+
+
+def _modules_named_by(state_dict: dict, prefix: str) -> list[str]:
+    """The module paths whose adapter entries a state dict holds: "<path>.<prefix>..." keys (PEFT's rule)."""
+    if not prefix:
+        raise PlanError("state_dict= targeting needs the method's parameter prefix; give target_modules instead")
+    paths = []
+    for key in state_dict:
+        head, sep, _ = key.partition(f".{prefix}")
+        if sep:
+            paths.append(head.removeprefix("base_model.model."))
+    if not paths:
+        raise PlanError(f"state_dict: no key holds {prefix!r} entries, so it names no module to adapt")
+    return list(dict.fromkeys(paths))

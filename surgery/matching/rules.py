@@ -7,17 +7,16 @@ Precedence (as PEFT): exclude_modules > modules_to_save > target (names | regex 
 """
 from __future__ import annotations
 
-import logging
+import warnings
 from dataclasses import dataclass
 from typing import Callable, Optional
 
 import networkx as nx
 from torch import nn
 
-from ..errors import TargetNotFoundError, closest
+from ..errors import PeftWarning, TargetNotFoundError, closest
 from .selectors import AllLinear, Layers, Names, Regex, Types, output_head_names
 
-logger = logging.getLogger(__name__)
 ALL_LINEAR = "all-linear"
 
 
@@ -75,8 +74,9 @@ def _names_or_regex(value):
 def match_rule(graph: nx.DiGraph, rule: Rule, *, strict: bool = True) -> list[str]:
     """The qualified names of the modules the rule selects, in module order.
 
-    strict: every target name must select something (else TargetNotFoundError listing close names);
-    non-strict (loading a saved adapter): only an empty overall match is an error.
+    Matching nothing at all is an error (TargetNotFoundError, with close names). strict: a target name that
+    selects nothing while others do warns; non-strict (loading a saved adapter, whose list was checked when it
+    was trained) it is quiet.
     """
     matches: list[str] = []
     skip_under: Optional[str] = None
@@ -114,24 +114,22 @@ def _selected(rule: Rule, fqn: str, node: dict, seen_names: set[str]) -> bool:
 
 
 def _check_found(graph, rule: Rule, matches, seen_names, strict: bool) -> None:
+    """No match at all is an error. Names that match nothing while others match warn (as PEFT, which accepts
+    target lists shared across architectures); both name each one with the closest module names."""
     leaf_names = _candidate_names(graph)
-    if isinstance(rule.target, Names):
-        missing = [n for n in rule.target.names if n not in seen_names]
-        if missing and (strict or not matches):
-            hints = []
-            for name in missing:
-                near = closest(name.rpartition(".")[2], leaf_names)
-                hints.append(f"{name!r}" + (f" (did you mean {', '.join(map(repr, near))}?)" if near else ""))
-            raise TargetNotFoundError(
-                f"target_modules: {', '.join(hints)} matched no module of the model "
-                f"({rule.describe()}); module names here include: {', '.join(leaf_names[:25])}")
-        if missing:
-            logger.warning("target_modules %s matched no module; adapting the %d that matched", missing, len(matches))
+    missing = [n for n in rule.target.names if n not in seen_names] if isinstance(rule.target, Names) else []
+    hints = []
+    for name in missing:
+        near = closest(name.rpartition(".")[2], leaf_names)
+        hints.append(f"{name!r}" + (f" (did you mean {', '.join(map(repr, near))}?)" if near else ""))
     if not matches:
-        what = rule.describe() or "no target_modules and no target_types"
-        raise TargetNotFoundError(
-            f"the rule ({what}) matched no module of the model; module names here include: "
-            f"{', '.join(leaf_names[:25])}")
+        what = f"target_modules: {', '.join(hints)} matched" if hints else \
+            f"the rule ({rule.describe() or 'no target_modules and no target_types'}) matched"
+        raise TargetNotFoundError(f"{what} no module of the model; module names here include: "
+                                  f"{', '.join(leaf_names[:25])}")
+    if hints and strict:
+        warnings.warn(f"target_modules: {', '.join(hints)} matched no module of the model; adapting the "
+                      f"{len(matches)} module(s) the other names matched", PeftWarning, stacklevel=2)
 
 
 def _candidate_names(graph) -> list[str]:

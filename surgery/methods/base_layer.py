@@ -157,3 +157,10 @@ class AdapterLayer(nn.Module):
 
     def extra_repr(self) -> str:
         return f"adapters={self.adapter_names()}, active={self._active_adapters}, merged={self.merged_adapters}"
+
+    def __repr__(self) -> str:
+        # PEFT prints its layers as "<method>.<Class>(...)", e.g. "lora.Linear(": get_layer_status reports it
+        # as module_type, and users grep printed models for it. The method is the layer's package.
+        parts = type(self).__module__.split(".")
+        method = parts[2] if len(parts) > 3 and parts[:2] == ["surgery", "methods"] else ""
+        return f"{method}.{super().__repr__()}" if method else super().__repr__()

@@ -59,5 +59,19 @@ def public_names() -> dict[str, object]:
     return out
 
 
+def peft_type_mappings() -> dict[str, dict]:
+    """PEFT's PEFT_TYPE_TO_CONFIG_MAPPING / _TUNER_MAPPING / _PREFIX_MAPPING ({PeftType: ...}; PeftType is a str
+    enum, so "LORA" finds PeftType.LORA). Tuners exist for methods that add layers, as in PEFT."""
+    configs, tuners, prefixes = {}, {}, {}
+    for peft_type in _SPECS:
+        spec = get_method(peft_type)
+        configs[peft_type] = spec.config_cls
+        if spec.injector is None and spec.tuner_cls is not None and spec.tuner_cls.prefix:
+            tuners[peft_type] = spec.tuner_cls
+            prefixes[peft_type] = spec.tuner_cls.prefix
+    return {"PEFT_TYPE_TO_CONFIG_MAPPING": configs, "PEFT_TYPE_TO_TUNER_MAPPING": tuners,
+            "PEFT_TYPE_TO_PREFIX_MAPPING": prefixes}
+
+
 def _implemented() -> str:
     return ", ".join(p.value for p in _SPECS)

@@ -206,7 +206,7 @@ def test_add_adapter_failure_leaves_the_model_as_it_was():
     model = surgery_model(tm.tiny_llama(), target_modules=["q_proj"])
     keys = list(model.state_dict())
     with pytest.raises(surgery.SurgeryError):
-        model.add_adapter("second", surgery.LoraConfig(target_modules=["q_proj", "q_prj"]))
+        model.add_adapter("second", surgery.LoraConfig(target_modules=["q_prj"]))
     with pytest.raises(surgery.SurgeryError):
         model.add_adapter("third", surgery.LoraConfig(target_modules=["q_proj", "mlp"]))
     assert list(model.state_dict()) == keys and list(model.peft_config) == ["default"]

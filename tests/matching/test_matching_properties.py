@@ -90,6 +90,10 @@ def check_plan(model, tree, cfg, selected, strict_missing: bool):
     if isinstance(want, list) and not strict_missing:
         assert surgery.plan(model, cfg).paths() == want
         return
+    if isinstance(want, list):   # some names matched nothing, others did: as PEFT, planned with a warning
+        with pytest.warns(surgery.PeftWarning, match="matched no module"):
+            assert surgery.plan(model, cfg).paths() == want
+        return
     with pytest.raises(SurgeryError) as info:
         surgery.plan(model, cfg)
     if isinstance(want, list) or want is TargetNotFoundError:
@@ -106,7 +110,7 @@ def test_planner_selects_what_peft_rule_selects_for_name_lists(tree_and_model, t
     oracle = peft_config(target_modules=set(targets), exclude_modules=excludes)
     selected = {p for p in tree if peft_utils.check_target_module_exists(oracle, p)}
     assert selected == {p for p in tree if peft_rule_names(p, targets) and not peft_rule_names(p, excludes or [])}
-    # strict: every target name must exist somewhere in the model (a matched container hides its children)
+    # a target name that exists nowhere in the model (a matched container hides its children) warns
     missing = [t for t in targets if not any(peft_rule_names(p, [t]) for p in tree)]
     check_plan(model, tree, cfg, selected, strict_missing=bool(missing))
     # lenient (loading a saved adapter): only an empty selection is an error

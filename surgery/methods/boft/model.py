@@ -6,3 +6,5 @@ from ...facade.tuner import TunerModel
 
 class BOFTModel(TunerModel):
     """Creates a BOFT (butterfly orthogonal fine-tuning) model from a pretrained model (PEFT's BOFTModel)."""
+
+    prefix = "boft_"   # PEFT's parameter-name prefix for this method

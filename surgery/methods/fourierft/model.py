@@ -6,3 +6,5 @@ from ...facade.tuner import TunerModel
 
 class FourierFTModel(TunerModel):
     """Creates a FourierFT model from a pretrained transformers model (PEFT's FourierFTModel)."""
+
+    prefix = "fourierft_"   # PEFT's parameter-name prefix for this method

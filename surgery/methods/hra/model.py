@@ -6,3 +6,5 @@ from ...facade.tuner import TunerModel
 
 class HRAModel(TunerModel):
     """Creates a Householder reflection adaptation (HRA) model from a pretrained model (PEFT's HRAModel)."""
+
+    prefix = "hra_"   # PEFT's parameter-name prefix for this method

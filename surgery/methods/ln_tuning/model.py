@@ -6,3 +6,5 @@ from ...facade.tuner import TunerModel
 
 class LNTuningModel(TunerModel):
     """Trains a copy of each targeted (normalisation) layer per adapter (PEFT's LNTuningModel)."""
+
+    prefix = "ln_tuning_"   # PEFT's parameter-name prefix for this method

@@ -6,3 +6,5 @@ from ...facade.tuner import TunerModel
 
 class LoHaModel(TunerModel):
     """Creates a Low-Rank Hadamard Product (LoHa) model from a pretrained model (PEFT's LoHaModel)."""
+
+    prefix = "hada_"   # PEFT's parameter-name prefix for this method

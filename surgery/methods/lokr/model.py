@@ -6,3 +6,5 @@ from ...facade.tuner import TunerModel
 
 class LoKrModel(TunerModel):
     """Creates a Low-Rank Kronecker Product (LoKr) model from a pretrained model (PEFT's LoKrModel)."""
+
+    prefix = "lokr_"   # PEFT's parameter-name prefix for this method

@@ -6,3 +6,5 @@ from ...facade.tuner import TunerModel
 
 class LoraModel(TunerModel):
     """Creates a Low Rank Adapter (LoRA) model from a pretrained transformers model (PEFT's LoraModel)."""
+
+    prefix = "lora_"   # PEFT's parameter-name prefix for this method

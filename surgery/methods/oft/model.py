@@ -6,3 +6,5 @@ from ...facade.tuner import TunerModel
 
 class OFTModel(TunerModel):
     """Creates an Orthogonal Finetuning (OFT) model from a pretrained model (PEFT's OFTModel)."""
+
+    prefix = "oft_"   # PEFT's parameter-name prefix for this method

@@ -7,3 +7,5 @@ from ...facade.tuner import TunerModel
 
 class VeraModel(TunerModel):
     """Creates a Vector-based Random Matrix Adaptation (VeRA) model from a pretrained model (PEFT's VeraModel)."""
+
+    prefix = "vera_lambda_"   # PEFT's parameter-name prefix for this method
