@@ -7,9 +7,11 @@ What differs between tasks is data (the task table, surgery/tasks.py), not code:
               mask += P ones, labels += P x -100 (token losses),    generation gets the prompts (patched
               QA spans += P, token_type_ids padded or dropped       prepare_inputs_for_generation);
               (encoder-decoders: on the encoder side)               encoder-decoders: prompts go to the encoder
-  cache       the model's KV cache argument = prefilled prefix,     the first step of each generation gets
-              mask (decoder side) += P ones, position_ids += P      a fresh prefix cache
-  attention   the attention-module hooks are armed for the call     (not generative: encoders)
+  cache       the model's (or its backbone's, by a hook) KV cache   decoders and encoder-decoders: the first
+              = prefilled prefix, mask (decoder side) += P ones,    step of each generation gets a fresh
+              position_ids += P, token_type_ids kept or dropped     prefix cache (encoders: not generative)
+  attention   the attention-module hooks are armed for the call     (not generative)
+  unplaced    refused: the model has nowhere to take a prefix       refused
 
 The KV cache may be on or off in generate(): with it off, every step is a fresh forward and gets the
 prompt again, so both give the tokens a step-by-step forward gives.
@@ -20,13 +22,14 @@ import contextlib
 import functools
 import inspect
 import logging
+import warnings
 
 import torch
 
 from ...config.enums import PeftType
-from ...errors import ConfigError, SurgeryError
+from ...errors import ConfigError, PlanError, SurgeryError
 from ...tasks import NO_TASK, Task, task_for
-from .plan import ATTENTION, CACHE, CACHE_ARGS, EMBEDDINGS
+from .plan import CACHE, CACHE_ARGS, EMBEDDINGS, UNPLACED, first_shared_kv_layer, layer_kv_shapes, text_config
 from .prefix import layer_states
 
 logger = logging.getLogger(__name__)
@@ -64,9 +67,39 @@ def prefix_cache(state, name: str, batch_size: int):
     encoder-decoders, whose cross-attention must see the new encoder output)."""
     from transformers import DynamicCache, EncoderDecoderCache
 
-    cache = DynamicCache(prefix_layers(state, name, batch_size))
+    layers = prefix_layers(state, name, batch_size)
+    cfg = text_config(state.host.get_base_model())
+    shapes = layer_kv_shapes(cfg)
+    cache = DynamicCache(layers) if not shapes else _per_layer_cache(layers, shapes, cfg, state.host.peft_config[name])
     if state.sites[name].encoder_decoder:
         return EncoderDecoderCache(cache, DynamicCache())
+    return cache
+
+
+def _per_layer_cache(layers, shapes, cfg, config):
+    """Layers of different shapes (Gemma 4): the prefix is provisioned for the widest; each layer takes its first
+    heads x head_dim, as PEFT does. Layers wider than the prefix, and layers reusing another layer's keys, get
+    none (a warning names them); a prefix that fits no layer is an error."""
+    from transformers import DynamicCache
+
+    cache = DynamicCache(config=cfg)
+    shared = first_shared_kv_layer(cfg, len(layers))
+    positions = torch.arange(config.num_virtual_tokens, device=layers[0][0].device)
+    injected, skipped = [], []
+    for index, ((key, value), (heads, dim)) in enumerate(zip(layers, shapes)):
+        if index >= shared or heads > key.shape[1] or dim > key.shape[-1]:
+            skipped.append(index)
+            continue
+        cache.update(key[:, :heads, :, :dim], value[:, :heads, :, :dim], index,
+                     cache_kwargs={"cache_position": positions})
+        injected.append(index)
+    if not injected:
+        raise SurgeryError(f"prefix tuning skipped every layer: the prefix ({config.num_attention_heads} heads x "
+                           f"{config.token_dim // config.num_attention_heads} dims) is narrower than every layer's "
+                           f"keys ({sorted(set(shapes))}); set token_dim and num_attention_heads to fit a layer")
+    if skipped:
+        warnings.warn(f"prefix tuning: the prefix went into layers {injected}; skipped {skipped} due to KV shape "
+                      f"mismatch or shared-KV layers")
     return cache
 
 
@@ -96,10 +129,15 @@ def forward(state, args: tuple, kwargs: dict):
     config, site = state.host.peft_config[name], state.sites[name]
     kwargs = _bind(model, args, kwargs)
     _no_task_ids(kwargs.pop("task_ids", None))
+    _unplaced(site, model)
     batch, length = _batch_and_length(kwargs)
     _check_positions(site, length)
+    rule = task_for(config.task_type)
     if site.route == EMBEDDINGS:
-        return model(**_prepend(state, name, kwargs, task_for(config.task_type)))
+        return model(**_prepend(state, name, kwargs, rule))
+    if rule.token_type_ids == "drop" and kwargs.get("token_type_ids") is not None:
+        logger.warning("token_type_ids are not supported with prompt learning for this task (as PEFT): ignoring them")
+        kwargs["token_type_ids"] = None
     if site.route == CACHE:
         if kwargs.get(site.cache_arg) is not None:
             raise ConfigError(f"prefix tuning supplies the model's KV cache ({site.cache_arg}); do not pass one. "
@@ -109,8 +147,12 @@ def forward(state, args: tuple, kwargs: dict):
         kwargs[mask_key] = _ones_before(kwargs.get(mask_key), p)
         if kwargs.get("position_ids") is not None:
             kwargs["position_ids"] = kwargs["position_ids"] + p   # the user's tokens sit after the prefix
-        kwargs[site.cache_arg] = prefix_cache(state, name, batch)
-        return model(**kwargs)
+        cache = prefix_cache(state, name, batch)
+        if not site.cache_holder:
+            kwargs[site.cache_arg] = cache
+            return model(**kwargs)
+        with state.slots[name].armed(cache):                     # the backbone's hook hands it over
+            return model(**kwargs)
     with state.slots[name].armed(prefix_layers(state, name, batch)):
         return model(**kwargs)
 
@@ -152,9 +194,10 @@ def generate(state, args: tuple, kwargs: dict):
     if args:
         kwargs = {"input_ids": args[0], **kwargs} if len(args) == 1 else _bind(model, args, kwargs)
     _no_task_ids(kwargs.pop("task_ids", None))
-    if site.route == ATTENTION:
-        raise ConfigError(f"generate() with prefix tuning needs a decoder or encoder-decoder that takes a KV cache; "
-                          f"this {type(model).__name__} takes the prefix at its attention modules")
+    _unplaced(site, model)
+    if site.route != EMBEDDINGS and not site.generative:
+        raise ConfigError(f"generate() with prefix tuning needs a decoder or encoder-decoder that takes a KV cache "
+                          f"in its own forward; this {type(model).__name__} does not")
     if site.route == EMBEDDINGS and site.encoder_decoder:
         # the encoder runs once, inside generate: it gets the prompts up front
         if kwargs.pop("encoder_outputs", None) is not None:
@@ -251,6 +294,12 @@ def _before(tensor: torch.Tensor, count: int, value) -> torch.Tensor:
 
 def _ones_before(mask, count: int):
     return None if mask is None else _before(mask, count, 1)
+
+
+def _unplaced(site, model) -> None:
+    if site.route == UNPLACED:
+        raise PlanError(f"{site.reason}, so this prefix adapter cannot run on {type(model).__name__} (PEFT fails "
+                        f"here too); it can only be saved and loaded")
 
 
 def _no_task_ids(task_ids) -> None:

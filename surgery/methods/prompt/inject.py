@@ -1,6 +1,12 @@
-"""Prefix injection at the attention modules, for models whose forward takes no KV cache (BERT-like encoders).
+"""Prefix injection by forward pre-hooks, for models whose own forward takes no KV cache.
 
-One forward pre-hook per self-attention module. While a prefix is armed (only during a PeftModel forward),
+Backbone hook (cache route, e.g. BERT heads in transformers 5, whose BertModel takes a cache but whose
+task head does not): one forward pre-hook on the backbone hands it the prefilled prefix cache while a
+PeftModel forward is armed; the backbone then widens the masks and moves the positions itself, as PEFT's
+backbone call does.
+
+Attention hooks (attention route, when no module holding every attention layer takes a cache): one
+forward pre-hook per self-attention module. While a prefix is armed (only during a PeftModel forward),
 the hook hands the module a one-call cache object whose update() returns [prefix_k; k] and [prefix_v; v],
 and widens the module's attention mask by P "attend" columns on the key side:
 
@@ -12,8 +18,8 @@ user's tokens keep their positions (the prefix has none). Outside an armed call 
 from __future__ import annotations
 
 import contextlib
+import inspect
 from functools import partial
-from typing import Optional
 
 import torch
 from torch import nn
@@ -22,14 +28,15 @@ from ...errors import SurgeryError
 
 
 class PrefixSlot:
-    """The prefix (key, value) per hooked module for the call in progress; None when no call is armed."""
+    """What the hooks hand over in the call in progress (the per-module (key, value) list, or the backbone's
+    cache); None when no call is armed."""
 
     def __init__(self) -> None:
-        self.states: Optional[list[tuple[torch.Tensor, torch.Tensor]]] = None
+        self.states = None
         self.handles: list = []
 
     @contextlib.contextmanager
-    def armed(self, states: list[tuple[torch.Tensor, torch.Tensor]]):
+    def armed(self, states):
         self.states = states
         try:
             yield
@@ -90,6 +97,30 @@ def _hook(module, args, kwargs, *, slot: PrefixSlot, index: int, site):
     kwargs[site.cache_arg] = PrefixKV(key, value, site.path)
     kwargs[site.mask_arg] = widen_mask(kwargs.get(site.mask_arg), key.shape[-2])
     return args[:1], kwargs
+
+
+def _backbone_hook(module, args, kwargs, *, slot: PrefixSlot, site):
+    if slot.states is None:
+        return None
+    names = [n for n, p in inspect.signature(module.forward).parameters.items()
+             if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    given = dict(zip(names, args))
+    if kwargs.get(site.cache_arg) is not None or given.get(site.cache_arg) is not None:
+        raise SurgeryError(f"prefix tuning supplies {site.cache_holder}'s KV cache ({site.cache_arg}); do not pass "
+                           f"one")
+    if site.cache_arg in given:   # passed positionally (as None): fill that slot
+        index = names.index(site.cache_arg)
+        return (*args[:index], slot.states, *args[index + 1:]), kwargs
+    return args, {**kwargs, site.cache_arg: slot.states}
+
+
+def install_backbone(model: nn.Module, site) -> PrefixSlot:
+    """Hook the module that takes the prefix cache (site.cache_holder); the slot arms it with a cache per call."""
+    slot = PrefixSlot()
+    module = model.get_submodule(site.cache_holder)
+    slot.handles.append(module.register_forward_pre_hook(partial(_backbone_hook, slot=slot, site=site),
+                                                         with_kwargs=True))
+    return slot
 
 
 def install(model: nn.Module, sites) -> PrefixSlot:

@@ -1,13 +1,18 @@
 """Where a prompt adapter's state goes in a model, and the Plan that records it (pure: nothing changes).
 
-Three routes, chosen from the model's structure:
+Four routes, chosen from the model's structure:
 
   embeddings  prompt tuning, P-tuning: virtual tokens are prepended to the input embeddings
-  cache       prefix tuning on causal decoders and encoder-decoders whose forward takes a KV cache:
-              the prefix is a prefilled transformers Cache, as PEFT passes it (exact parity, generate)
-  attention   prefix tuning on bidirectional encoders (BERT, RoBERTa, ...), which take no cache in
-              transformers 5: forward pre-hooks on every self-attention module put the prefix before
-              that module's keys and values and widen its attention mask (see inject.py)
+  cache       prefix tuning wherever a transformers model takes a KV cache (decoders, encoder-decoders,
+              and encoders such as BERT): the prefix is a prefilled transformers Cache, as PEFT passes it,
+              so the model itself widens the masks and moves the positions on by P (exact parity). The
+              cache goes to the model's forward, or, when only its backbone takes one (BERT heads in
+              transformers 5), to the backbone through a forward pre-hook (see inject.py)
+  attention   prefix tuning when attention modules take a cache but no module holding them all does:
+              forward pre-hooks on every self-attention module put the prefix before that module's keys
+              and values and widen its attention mask (see inject.py); positions stay the model's
+  unplaced    prefix tuning on a model with no attention module surgery can reach (DeBERTa, custom
+              modules): the adapter is built, saved and loaded as PEFT does, and forward() refuses
 
 Architecture fields the config leaves unset are filled from the model's config, with PEFT's rules.
 """
@@ -27,7 +32,7 @@ from .embedding import PromptEmbedding
 from .encoder import PromptEncoder
 from .prefix import PrefixEncoder
 
-EMBEDDINGS, CACHE, ATTENTION = "embeddings", "cache", "attention"
+EMBEDDINGS, CACHE, ATTENTION, UNPLACED = "embeddings", "cache", "attention", "unplaced"
 CACHE_ARGS = ("cache", "past_key_values")      # transformers 5 name first, then the older one
 MASK_ARGS = ("attention_mask", "mask")
 
@@ -48,10 +53,13 @@ class Site:
     word_embeddings: Optional[str]        # fqn of the input embeddings
     backbone: Optional[str]               # first child that is a transformers model (PEFT's attribute)
     encoder_decoder: bool
-    cache_arg: Optional[str] = None       # the model's KV-cache keyword (cache route)
+    cache_arg: Optional[str] = None       # the KV-cache keyword of the module taking the cache (cache route)
+    cache_holder: str = ""                # that module's fqn; "" is the model itself
+    generative: bool = False              # a decoder taking the prefix through the model's own cache argument
     attention: tuple[AttentionSite, ...] = ()
     position_limit: Optional[int] = None  # size of a learned absolute position table, if any
     position_shift: int = 0               # how far the user's tokens move right
+    reason: Optional[str] = None          # why the prefix cannot run (unplaced route)
 
 
 def text_config(model: nn.Module):
@@ -62,11 +70,55 @@ def text_config(model: nn.Module):
 def _pick(cfg, *names):
     values = cfg.to_dict() if hasattr(cfg, "to_dict") else {}
     for name in names:
-        value = getattr(cfg, name, None) if cfg is not None else None  # honours attribute_map aliases
+        value = _attribute(cfg, name)                   # honours attribute_map aliases
         value = values.get(name) if value is None else value
         if value is not None:
             return value
     return None
+
+
+def _attribute(cfg, name: str):
+    try:
+        return getattr(cfg, name, None) if cfg is not None else None
+    except Exception:   # noqa: BLE001 -- e.g. transformers refusing a global read of a per-layer field (Gemma 4)
+        return None
+
+
+def layer_kv_shapes(cfg) -> Optional[list[tuple[int, int]]]:
+    """(kv heads, head_dim) of every layer for models whose attention layers differ in shape (Gemma 4: wider heads
+    on the full-attention layers), as the model's config gives them; None when all layers are alike."""
+    types = _pick(cfg, "layer_types")
+    kv = _pick(cfg, "num_key_value_heads")
+    if not types or not kv:
+        return None
+    heads, hidden = _pick(cfg, "num_attention_heads"), _pick(cfg, "hidden_size")
+    head_dim = _pick(cfg, "head_dim") or (hidden // heads if heads and hidden else None)
+    per_layer = _attribute(cfg, "per_layer_config")
+    global_dim = _pick(cfg, "global_head_dim")   # older transformers' name for the full layers' head_dim
+    if per_layer is not None and not isinstance(per_layer, dict):
+        # transformers 5 gives most configs a per-layer view; only some layers (Gemma 4) override a field
+        shapes = [(_attribute(per_layer[i], "num_key_value_heads") or kv,
+                   _attribute(per_layer[i], "head_dim") or head_dim) for i in range(len(types))]
+    elif global_dim is not None:
+        global_kv = _pick(cfg, "num_global_key_value_heads") or kv
+        shapes = [(kv, head_dim) if t == "sliding_attention" else (global_kv, global_dim) for t in types]
+    else:
+        return None
+    return shapes if len(set(shapes)) > 1 else None
+
+
+def first_shared_kv_layer(cfg, num_layers: int) -> int:
+    """Layers from here on reuse an earlier layer's keys/values (no projections of their own): no prefix."""
+    return (_pick(cfg, "num_hidden_layers") or num_layers) - (_pick(cfg, "num_kv_shared_layers") or 0)
+
+
+def _kv_shape(cfg, token_dim: int, heads: int) -> tuple[int, int]:
+    """(kv heads, head_dim) the prefix is provisioned for: the widest layer when layers differ (as PEFT)."""
+    kv = _pick(cfg, "num_key_value_heads")
+    shapes = layer_kv_shapes(cfg)
+    if shapes:
+        return max(shapes, key=lambda shape: shape[1])   # the first of the widest
+    return kv, _pick(cfg, "head_dim") or token_dim // heads
 
 
 def resolve(model: nn.Module, config):
@@ -86,10 +138,10 @@ def resolve(model: nn.Module, config):
                 raise ConfigError(f"{type(out).__name__}.{key} is unset and the model's config has none of "
                                   f"{', '.join(names)}; set {key}")
             setattr(out, key, value)
-    kv_heads = _pick(cfg, "num_key_value_heads")
-    if out.peft_type == PeftType.PREFIX_TUNING and kv_heads:
-        # grouped-query attention: the prefix is as wide as the keys, not the queries (as PEFT)
-        head_dim = _pick(cfg, "head_dim") or out.token_dim // out.num_attention_heads
+    if out.peft_type == PeftType.PREFIX_TUNING and _pick(cfg, "num_key_value_heads"):
+        # grouped-query attention: the prefix is as wide as the keys, not the queries (as PEFT); without a
+        # head_dim in the config, a head is token_dim / (query) heads wide
+        kv_heads, head_dim = _kv_shape(cfg, out.token_dim, out.num_attention_heads)
         out.token_dim, out.num_attention_heads = head_dim * kv_heads, kv_heads
     if hasattr(out, "encoder_hidden_size") and out.encoder_hidden_size is None:
         out.encoder_hidden_size = out.token_dim
@@ -177,18 +229,43 @@ def locate(model: nn.Module, config) -> Site:
     return site
 
 
+def _cache_arg(module: nn.Module) -> Optional[str]:
+    params = _forward_params(module)
+    return next((a for a in CACHE_ARGS if a in params), None)
+
+
+def _cache_holder(model: nn.Module, found, words_path: Optional[str]) -> Optional[tuple[str, str]]:
+    """(fqn, cache keyword) of the outermost module whose forward takes a KV cache and that holds every
+    attention layer and the word embeddings, so that it also moves the positions past the cached prefix.
+    The model itself when it takes one; None when no module does."""
+    arg = _cache_arg(model)
+    if arg:
+        return "", arg
+    inside = [s.path for s, _ in found] + ([words_path] if words_path else [])
+    for fqn, module in model.named_modules():      # parents before children: the outermost comes first
+        if fqn and all(p.startswith(fqn + ".") for p in inside):
+            arg = _cache_arg(module)
+            if arg:
+                return fqn, arg
+    return None
+
+
 def _prefix_site(model: nn.Module, config, common: dict) -> Site:
-    found = _self_attention(model)
-    if not found:
-        raise PlanError(f"prefix tuning puts key/value states in attention layers, and {type(model).__name__} "
-                        f"has no attention module surgery can reach (none with a layer_idx and a cache argument)")
     if any(getattr(m, "gradient_checkpointing", False) for m in model.modules()):
         raise PlanError("prefix tuning does not work with gradient checkpointing (as in PEFT); disable it first")
+    found = _self_attention(model)
+    if not found:
+        # PEFT builds such an adapter (and saves and loads it) and only fails when it runs: so does surgery
+        reason = (f"prefix tuning puts key/value states in attention layers, and {type(model).__name__} has no "
+                  f"attention module surgery can reach (none with a layer_idx and a cache argument)")
+        return Site(UNPLACED, reason=reason, **common)
     causal = [s for s, m in found if getattr(m, "is_causal", False)]
-    top_arg = next((a for a in CACHE_ARGS if a in _forward_params(model)), None)
-    if top_arg and (common["encoder_decoder"] or causal):
-        route, layers, extra = CACHE, causal or [s for s, _ in found], dict(cache_arg=top_arg)
-        extra["position_shift"] = config.num_virtual_tokens
+    holder = _cache_holder(model, found, common["word_embeddings"])
+    if holder:
+        path, arg = holder
+        route, layers = CACHE, causal or [s for s, _ in found]
+        extra = dict(cache_arg=arg, cache_holder=path, position_shift=config.num_virtual_tokens,
+                     generative=not path and bool(common["encoder_decoder"] or causal))
     else:
         layers = [s for s, m in found if not getattr(m, "is_causal", False)]
         route, extra = ATTENTION, dict(attention=tuple(layers))
@@ -208,10 +285,20 @@ def _check_positions(site: Site, config) -> None:
 def _check_kv_width(cfg, config) -> None:
     if config.peft_type != PeftType.PREFIX_TUNING or cfg is None:
         return
-    heads = _pick(cfg, "num_key_value_heads") or _pick(cfg, "num_attention_heads", "n_head", "num_heads")
+    shapes = layer_kv_shapes(cfg)
+    if shapes:   # layers differ: each takes the part of the prefix it fits (see forward.prefix_cache)
+        ours = (config.num_attention_heads, config.token_dim // config.num_attention_heads)
+        if not any(h <= ours[0] and d <= ours[1] for h, d in shapes[:first_shared_kv_layer(cfg, len(shapes))]):
+            raise PlanError(f"the prefix has {ours[0]} heads x {ours[1]} dims, narrower than every layer's keys "
+                            f"({sorted(set(shapes))}); leave token_dim and num_attention_heads unset")
+        return
+    query_heads = _pick(cfg, "num_attention_heads", "n_head", "num_heads")
+    heads = _pick(cfg, "num_key_value_heads") or query_heads
     hidden = _pick(cfg, "hidden_size", "n_embd", "d_model")
-    head_dim = _pick(cfg, "head_dim", "d_kv") or (hidden // heads if heads and hidden else None)
-    if not heads or not head_dim:
+    # a config without head_dim splits the hidden size over the QUERY heads; grouped-query attention only has
+    # fewer key/value heads of that same size
+    head_dim = _pick(cfg, "head_dim", "d_kv") or (hidden // query_heads if query_heads and hidden else None)
+    if not isinstance(heads, int) or not isinstance(head_dim, int):
         return
     ours = (config.num_attention_heads, config.token_dim // config.num_attention_heads)
     if ours != (heads, head_dim):
@@ -244,8 +331,11 @@ def describe(site: Site, config) -> str:
         where = "the encoder's " if site.encoder_decoder else ""
         return f"{p} virtual tokens prepended to {where}input embeddings ({site.word_embeddings})"
     if site.route == CACHE:
-        return (f"prefix keys/values ({p} slots x {config.num_layers} layers) through the model's KV cache "
+        where = f"{site.cache_holder}'s" if site.cache_holder else "the model's"
+        return (f"prefix keys/values ({p} slots x {config.num_layers} layers) through {where} KV cache "
                 f"({site.cache_arg})")
+    if site.route == UNPLACED:
+        return f"prefix keys/values ({p} slots) with nowhere to go: forward() refuses ({site.reason})"
     first = site.attention[0].path
     return (f"prefix keys/values ({p} slots) injected at {len(site.attention)} self-attention modules "
             f"({first}, ...) by forward pre-hooks")

@@ -2,7 +2,7 @@
 
 It is the ModuleDict PEFT calls `prompt_encoder` (adapter -> PromptEmbedding / PromptEncoder / PrefixEncoder),
 and it keeps, per adapter, the virtual-token ids (`prompt_tokens`, PEFT's attribute), where the prompt goes
-(the Site from plan.py) and, on the attention route, the hooks that inject a prefix. The PeftModel exposes
+(the Site from plan.py) and the hooks that inject a prefix where the model's forward takes none. The PeftModel exposes
 PEFT's names: `prompt_tokens`, `word_embeddings`, `transformer_backbone_name`, `get_prompt`,
 `get_prompt_embedding_to_save`.
 
@@ -16,6 +16,7 @@ Checkpoint format, PEFT's:
 """
 from __future__ import annotations
 
+import logging
 from typing import NamedTuple, Optional
 
 import torch
@@ -26,8 +27,10 @@ from ...facade.injected import InjectedState
 from ...rewrite.modules_to_save import ModulesToSaveWrapper
 from ...rewrite.trainable import adapter_layers
 from .forward import forward, generate, get_prompt, get_prompt_embedding_to_save
-from .inject import install
-from .plan import ATTENTION, Site, build_encoder, locate
+from .inject import install, install_backbone
+from .plan import ATTENTION, CACHE, UNPLACED, Site, build_encoder, locate
+
+logger = logging.getLogger(__name__)
 
 PROMPT_KEY = "prompt_embeddings"
 
@@ -66,8 +69,14 @@ class PromptState(InjectedState):
         if staged.words is not None:
             self.__dict__["word_embeddings"] = staged.words
         self.__dict__["transformer_backbone_name"] = staged.site.backbone
+        base = self.host.get_base_model()
         if staged.site.route == ATTENTION:
-            self.slots[adapter_name] = install(self.host.get_base_model(), staged.site.attention)
+            self.slots[adapter_name] = install(base, staged.site.attention)
+        elif staged.site.route == CACHE and staged.site.cache_holder:
+            self.slots[adapter_name] = install_backbone(base, staged.site)
+        elif staged.site.route == UNPLACED:
+            logger.warning("adapter %r: %s; it can be saved and loaded, but forward() will refuse (PEFT fails "
+                           "there too)", adapter_name, staged.site.reason)
 
     def detach(self, adapter_name: str) -> None:
         """Drop an adapter's encoder, tokens and hooks (its modules_to_save copies are the caller's)."""

@@ -144,5 +144,5 @@ def test_plan_records_the_injection():
     assert [i.path for i in plan.injections] == ["prompt_encoder.default"]
     assert plan.injections[0].shape == (5, 2 * 2 * 32) and plan.injections[0].params == 5 * 128
     assert [m.path for m in plan.modules_to_save] == ["classifier"]
-    assert "self-attention modules" in plan.rules and "prompt_encoder.default" in plan.table()
+    assert "bert's KV cache" in plan.rules and "prompt_encoder.default" in plan.table()
     assert surgery.Plan.from_json(plan.to_json()).to_dict() == plan.to_dict()

@@ -47,9 +47,14 @@ def _refused(model, config, error, match):
     assert _same(before, _fingerprint(model))
 
 
-def test_prefix_tuning_needs_attention_layers():
+def test_prefix_tuning_without_attention_layers_is_built_but_does_not_run():
+    """As PEFT: the adapter is built (and can be saved), running it is a clear error that changes nothing."""
     config = surgery.PrefixTuningConfig(num_virtual_tokens=2, token_dim=16, num_layers=1, num_attention_heads=2)
-    _refused(tm.tiny_embed_mlp(), config, PlanError, "no attention module")
+    model = surgery.get_peft_model(tm.tiny_embed_mlp(), config)
+    before = _fingerprint(model)
+    with pytest.raises(PlanError, match="no attention module"):
+        model(input_ids=torch.tensor([[1, 2, 3]]))
+    assert _same(before, _fingerprint(model))
 
 
 @pytest.mark.parametrize("builder,config", [

@@ -1,9 +1,9 @@
 """Prompt learning vs real PEFT (test-only oracle): forward outputs per method x tiny model and task, and greedy
 generate() with the KV cache on and off.
 
-PEFT 0.21.2 cannot run prefix tuning on BERT with transformers 5 ("Model does not support past key values");
-surgery's attention-level injection for it is checked against explicit attention math in
-test_prompt_prefix_attention.py instead.
+PEFT 0.21.2 cannot run prefix tuning on BERT task heads with transformers 5 ("Model does not support past key
+values"); surgery's prefix there is checked against PEFT's backbone semantics in test_prompt_encoder_families.py
+and against explicit attention math in test_prompt_prefix_attention.py.
 """
 from __future__ import annotations
 
