@@ -25,6 +25,14 @@ class ConfigError(SurgeryError):
     """A config key, type or value is invalid."""
 
 
+class UnsupportedOptionError(ConfigError):
+    """A PEFT config option surgery does not implement yet was set away from its default."""
+
+
+class ConfigTypeError(ConfigError, TypeError):
+    """A config cannot be built from what was given (PEFT raises TypeError here)."""
+
+
 class TargetNotFoundError(SurgeryError, NoMatchingPeftModuleError):
     """A target selector matched no module of the model."""
 

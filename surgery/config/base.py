@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Optional, Union
 
 from ..checkpoint.names import CONFIG_NAME, FORMAT_VERSION
-from ..errors import ConfigError, PeftWarning, did_you_mean
+from ..errors import ConfigError, ConfigTypeError, PeftWarning, UnsupportedOptionError, did_you_mean
 from .enums import PeftType, TaskType
 from .validation import check_type
 
@@ -52,14 +52,22 @@ class PeftConfig:
     def __post_init__(self) -> None:
         if self._method is not None:
             if self.peft_type not in (None, self._method, self._method.value):
-                raise ConfigError(
-                    f"{type(self).__name__}.peft_type = {self.peft_type!r}; this class only holds {self._method.value!r}"
-                )
+                # PEFT overwrites it silently; a config class holds one method whatever was passed
+                warnings.warn(f"{type(self).__name__}.peft_type = {self.peft_type!r} is replaced by "
+                              f"{self._method.value!r}: this class only holds that method", PeftWarning, stacklevel=3)
             self.peft_type = self._method
         if self.peft_version is None:   # as PEFT: a config records the format version it was made for
             self.peft_version = _recorded_version()
+        for f in dataclasses.fields(self):
+            if f.metadata.get("unsupported"):
+                default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+                _refuse_unless_default(type(self), f.name, getattr(self, f.name), default)
         self._check_types()
         if self.task_type is not None:
+            if self.task_type not in list(TaskType):   # PEFT's message, which code matches on
+                raise ConfigError(f"Invalid task type: '{self.task_type}'. Must be one of the following task types: "
+                                  f"{', '.join(t.value for t in TaskType)}. ({type(self).__name__}.task_type"
+                                  f"{did_you_mean(str(self.task_type), [t.value for t in TaskType])})")
             self.task_type = _as_enum(TaskType, self.task_type, f"{type(self).__name__}.task_type")
         if self.peft_type is not None:
             self.peft_type = _as_enum(PeftType, self.peft_type, f"{type(self).__name__}.peft_type")
@@ -98,6 +106,7 @@ class PeftConfig:
             raise ConfigError(f"a {cls.__name__} must be a mapping of keys to values, got {type(data).__name__}")
         known = set(cls.field_names())
         kwargs: dict[str, Any] = {}
+        unknown = []
         for key, value in data.items():
             if key in known:
                 kwargs[key] = copy.deepcopy(value)
@@ -111,7 +120,13 @@ class PeftConfig:
                     f"valid keys: {', '.join(sorted(known))}"
                 )
             else:
-                logger.warning("ignoring unknown key %r in %s (written by another PEFT version?)", key, cls.__name__)
+                unknown.append(key)
+        if unknown:   # one warning, PEFT's words first (code and tests match on them)
+            warnings.warn(f"Unexpected keyword arguments {sorted(unknown)} for class {cls.__name__}, these are "
+                          f"ignored. This probably means that the config was saved by a newer PEFT version "
+                          f"(or another tool): "
+                          f"{', '.join(repr(k) + did_you_mean(k, known) for k in sorted(unknown))}",
+                          PeftWarning, stacklevel=3)
         return cls(**kwargs)
 
     # -- files (PEFT's API) ----------------------------------------------------------------------------
@@ -136,7 +151,11 @@ class PeftConfig:
         hub = {k: v for k, v in kwargs.items() if k not in cls.field_names()}
         fields = {k: v for k, v in kwargs.items() if k in cls.field_names()}
         directory = resolve_adapter_files(pretrained_model_name_or_path, subfolder=subfolder, **hub)
-        return cls.from_peft_type(**{**fields, **read_config_dict(directory)})
+        data = read_config_dict(directory)
+        if "peft_type" not in data:
+            raise ConfigTypeError(f"The {cls.__name__} config that is trying to be loaded is missing required keys: "
+                                  f"{{'peft_type'}}. ({directory / CONFIG_NAME} is not a PEFT adapter config)")
+        return cls.from_peft_type(**{**fields, **data})
 
     @classmethod
     def from_json_file(cls, path_json_file: str, **kwargs) -> dict:
@@ -211,14 +230,27 @@ def _config_class(peft_type: PeftType) -> type:
     raise ConfigError(f"peft_type = {peft_type.value!r} is a PEFT method surgery does not implement yet")
 
 
+def unsupported_field(default: Any) -> Any:
+    """A PEFT field surgery does not implement yet: accepted (and saved) at its default, refused otherwise."""
+    meta = {"unsupported": True, "unchecked": True, "help": "PEFT option not supported by surgery yet."}
+    if isinstance(default, (dict, list)):
+        return field(default_factory=lambda: copy.deepcopy(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+def _at_default(value: Any, default: Any) -> bool:
+    return value == default or (value in (None, {}, [], False) and default in (None, {}, [], False))
+
+
 def _check_inert(cls, key: str, value: Any) -> None:
-    default = cls._inert_keys[key]
-    if value == default or (value in (None, {}, [], False) and default in (None, {}, [], False)):
-        return
-    raise ConfigError(
-        f"{cls.__name__}.{key} = {value!r}: this PEFT option is not supported by surgery; "
-        f"only its default {default!r} is accepted"
-    )
+    _refuse_unless_default(cls, key, value, cls._inert_keys[key])
+
+
+def _refuse_unless_default(cls, key: str, value: Any, default: Any) -> None:
+    if not _at_default(value, default):
+        raise UnsupportedOptionError(
+            f"{cls.__name__}.{key} = {value!r}: this PEFT option is not supported by surgery yet; "
+            f"only its default {default!r} is accepted")
 
 
 def _as_enum(kind: type[enum.Enum], value: Any, where: str):

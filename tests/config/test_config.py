@@ -199,9 +199,17 @@ def test_inconsistent_options_are_refused(kwargs):
         surgery.LoraConfig(**kwargs)
 
 
-def test_peft_type_of_another_method_is_refused_by_lora_config():
-    with pytest.raises(ConfigError, match="peft_type"):
-        surgery.LoraConfig(peft_type="IA3")
+def test_peft_type_of_another_method_is_replaced_with_a_warning_as_peft_does():
+    with pytest.warns(surgery.PeftWarning, match="peft_type = 'IA3' is replaced by 'LORA'"):
+        config = surgery.LoraConfig(peft_type="IA3")
+    assert config.peft_type == peft.LoraConfig(peft_type="IA3").peft_type == "LORA"
+
+
+def test_unsupported_peft_options_are_fields_at_default_and_refused_by_name():
+    config = surgery.LoraConfig()
+    assert config.use_qalora is False and config.to_dict()["megatron_core"] == "megatron.core"
+    with pytest.raises(surgery.errors.UnsupportedOptionError, match="use_qalora = True.*not supported"):
+        surgery.LoraConfig(use_qalora=True)
 
 
 def test_inert_peft_keys_accepted_at_default_refused_otherwise():
@@ -211,10 +219,13 @@ def test_inert_peft_keys_accepted_at_default_refused_otherwise():
         surgery.LoraConfig.from_dict({"layer_replication": [[0, 2]]})
 
 
-def test_lenient_from_dict_drops_unknown_keys_with_a_warning(caplog):
-    with caplog.at_level(logging.WARNING):
-        cfg = surgery.LoraConfig.from_dict({"r": 4, "from_the_future": 1}, strict=False)
-    assert cfg.r == 4 and "from_the_future" in caplog.text
+def test_lenient_from_dict_drops_unknown_keys_with_one_warning_in_peft_words():
+    with pytest.warns(surgery.PeftWarning) as record:
+        cfg = surgery.LoraConfig.from_dict({"r": 4, "from_the_future": 1, "lora_alhpa": 2}, strict=False)
+    assert cfg.r == 4 and len(record) == 1
+    text = str(record[0].message)
+    assert text.startswith("Unexpected keyword arguments ['from_the_future', 'lora_alhpa'] for class LoraConfig, "
+                           "these are ignored.") and "did you mean 'lora_alpha'" in text
     with pytest.raises(ConfigError, match="from_the_future"):
         surgery.LoraConfig.from_dict({"r": 4, "from_the_future": 1})
 

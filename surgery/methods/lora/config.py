@@ -6,9 +6,9 @@ surgery adds one key, `target_types` (match modules by class name); it is resolv
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal, Optional, Union
+from typing import Any, Literal, Optional, Union
 
-from ...config.base import PeftConfig
+from ...config.base import PeftConfig, unsupported_field
 from ...config.enums import PeftType
 from ...config.targets import check_targeting, targeting_field
 from ...config.validation import check_range
@@ -46,6 +46,25 @@ class LoraConfig(PeftConfig):
     lora_bias: bool = field(default=False, metadata={"help": "Give lora_B a trainable bias."})
     target_types: Optional[list[str]] = field(
         default=None, metadata={"help": "surgery extension: adapt modules of these class names."})
+    # PEFT's LoRA options surgery does not implement yet: accepted and saved at their defaults only.
+    alora_invocation_tokens: Optional[list[int]] = unsupported_field(None)
+    arrow_config: Optional[Any] = unsupported_field(None)
+    corda_config: Optional[Any] = unsupported_field(None)
+    ensure_weight_tying: bool = unsupported_field(False)
+    eva_config: Optional[Any] = unsupported_field(None)
+    kasa_config: Optional[Any] = unsupported_field(None)
+    layer_replication: Optional[list] = unsupported_field(None)
+    loftq_config: Union[Any, dict] = unsupported_field({})
+    lora_ga_config: Optional[Any] = unsupported_field(None)
+    megatron_config: Optional[dict] = unsupported_field(None)
+    megatron_core: Optional[str] = unsupported_field("megatron.core")
+    monteclora_config: Optional[Any] = unsupported_field(None)
+    qalora_group_size: int = unsupported_field(16)
+    target_parameters: Optional[list[str]] = unsupported_field(None)
+    trainable_token_indices: Optional[Any] = unsupported_field(None)
+    use_bdlora: Optional[Any] = unsupported_field(None)
+    use_qalora: bool = unsupported_field(False)
+    velora_config: Optional[Any] = unsupported_field(None)
 
     _inert_keys = LORA_INERT_KEYS
     _legacy_keys = frozenset({"enable_lora", "merge_weights"})

@@ -25,9 +25,6 @@ class TrainableTokensConfig(PeftConfig):
 
     def validate(self) -> None:
         name = type(self).__name__
-        if not self.token_indices:
-            raise ConfigError(f"{name}.token_indices = {self.token_indices!r} selects no token; give the indices "
-                              f"of the tokens to train, e.g. [32000, 32001]")
         for index in self.token_indices:
             check_range(name, "token_indices[...]", index, low=0)
         repeated = sorted(i for i, n in Counter(self.token_indices).items() if n > 1)

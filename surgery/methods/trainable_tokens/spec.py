@@ -33,6 +33,9 @@ def input_embedding_name(model: nn.Module) -> str:
 
 
 def _rows_out_of_range(base: nn.Module, config, fqn: str) -> Optional[str]:
+    if not config.token_indices:   # PEFT's default is [] (a config may be built first, filled in later)
+        return ("token_indices = [] selects no token; give the indices of the tokens to train, "
+                "e.g. [32000, 32001]")
     rows = base.weight.shape[0]
     beyond = sorted(i for i in config.token_indices if i >= rows)
     if beyond:
