@@ -62,9 +62,13 @@ def _exception_chain(exc):
         exc = exc.__cause__ or exc.__context__
 
 
+# OutOfScope: the shim's stand-ins; UnsupportedOptionError: surgery's refusal of a PEFT option it does not claim.
+_OUT_OF_SCOPE_ERRORS = {"OutOfScope", "UnsupportedOptionError"}
+
+
 def _out_of_scope(excinfo):
     for exc in _exception_chain(excinfo.value):
-        if any(k.__name__ == "OutOfScope" for k in type(exc).__mro__):
+        if any(k.__name__ in _OUT_OF_SCOPE_ERRORS for k in type(exc).__mro__):
             return str(exc)
     return None
 

@@ -57,11 +57,50 @@ def _other_adapter_key(key: str, adapter_name: str) -> bool:
     return f".{SAVED_COPY}." in key and f".{SAVED_COPY}.{adapter_name}." not in key
 
 
+class _InjectedView:
+    """A model given adapters by inject_adapter_in_model, seen as a PeftModel for its state dict: PEFT keys
+    such a model's checkpoint entries by their plain paths (no "base_model.model." in front)."""
+
+    PREFIX = "base_model.model."
+
+    def __init__(self, model: nn.Module):
+        self.base_model = _TunerView(model)
+        self.peft_config = model.peft_config
+        self._modules: dict = {}
+
+    def get_base_model(self) -> nn.Module:
+        return self.base_model.model
+
+    def state_dict(self) -> dict:
+        return {self.PREFIX + k: v for k, v in self.base_model.model.state_dict().items()}
+
+
+class _TunerView:
+    def __init__(self, model: nn.Module):
+        self.model = model
+
+
+def _as_peft_model(model):
+    """(model as a PeftModel view, key prefix to strip or add): injected models have plain keys."""
+    if isinstance(model, _InjectedView) or (hasattr(model, "plans") and callable(getattr(model, "get_base_model",
+                                                                                           None))):
+        return model, ""
+    if not isinstance(getattr(model, "peft_config", None), dict):
+        raise CheckpointError(f"{type(model).__name__} has no adapters: pass a PeftModel or a model given adapters "
+                              f"by inject_adapter_in_model")
+    return _InjectedView(model), _InjectedView.PREFIX
+
+
 def get_peft_model_state_dict(model, state_dict: Optional[dict] = None, adapter_name: str = "default",
                               unwrap_compiled: bool = False, save_embedding_layers="auto") -> dict:
     """PEFT's function: the adapter's tensors under checkpoint keys (adapter name removed); with the embedding
     layers' full weights when save_embedding_layers says so (see embeddings.py for "auto")."""
     model = getattr(model, "_orig_mod", model) if unwrap_compiled else model
+    model, plain = _as_peft_model(model)
+    if plain:
+        state_dict = None if state_dict is None else {plain + k: v for k, v in state_dict.items()}
+        full = get_peft_model_state_dict(model, state_dict, adapter_name, save_embedding_layers=False)
+        return {k.removeprefix(plain): v for k, v in full.items()}
     config = model.peft_config[adapter_name]
     collapsed = get_method(config.peft_type).collapsed_keys
     entries = _method_entries(model, adapter_name)
@@ -89,6 +128,9 @@ def set_peft_model_state_dict(model, peft_model_state_dict: dict, adapter_name: 
     A missing or unexpected key, or a shape that does not fit, raises CheckpointError naming the module
     and both shapes; nothing is copied unless everything fits.
     """
+    model, plain = _as_peft_model(model)
+    if plain:
+        peft_model_state_dict = {k if k.startswith(plain) else plain + k: v for k, v in peft_model_state_dict.items()}
     config = model.peft_config[adapter_name]
     entries = _method_entries(model, adapter_name)
     if entries is not None:

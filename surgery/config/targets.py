@@ -47,8 +47,7 @@ def check_targeting(config) -> None:
     elif layers:
         for index in layers:
             check_range(name, "layers_to_transform[...]", index, low=0)
-    if isinstance(target, (list, tuple, set)) and not target:
-        raise ConfigError(f"{name}.target_modules = {target!r} selects nothing; give names, a regex or 'all-linear'")
+    # target_modules=[] is accepted, as PEFT (a config filled in later); planning it is a TargetNotFoundError
     for key in ("target_modules", "exclude_modules"):
         value = getattr(config, key, None)
         if isinstance(value, str):

@@ -19,7 +19,7 @@ from typing import Optional, Union
 from torch import nn
 
 from ..config.base import PeftConfig
-from ..errors import AdapterNameError, ConfigError, MethodAttributeError
+from ..errors import AdapterNameError, ConfigError, ConfigTypeError, MethodAttributeError
 from ..methods.registry import exposed_by, get_method
 from ..naming import BASE_NAME, validate_adapter_name
 from ..plan.model import Plan, trainable_line
@@ -56,8 +56,9 @@ class PeftModel(PersistenceMixin, TrainingMixin, nn.Module):
         return self.base_model.plans
 
     @property
-    def _active_adapter(self) -> str:
-        return self.base_model.active_adapters[0]
+    def _active_adapter(self) -> Optional[str]:
+        active = self.base_model.active_adapters
+        return active[0] if active else None
 
     # -- adapters --------------------------------------------------------------------------------------
     def _add(self, adapter_name: str, peft_config: PeftConfig, activate: bool, strict: bool = True,
@@ -232,6 +233,14 @@ class PeftModel(PersistenceMixin, TrainingMixin, nn.Module):
                 kinds = ", ".join(sorted({c.peft_type.value for c in self.peft_config.values()})) or "none"
                 raise MethodAttributeError(f"{name} is only for {methods} adapters; this model's adapters are "
                                            f"{kinds}") from None
+
+    def set_requires_grad(self, adapter_names: Union[str, list[str]], requires_grad: bool = True) -> None:
+        """Turn gradients on or off for these adapters (PEFT's API; not for methods that add inputs)."""
+        if self._injected_states():
+            raise ConfigTypeError(f"set_requires_grad is not supported for prompt learning methods like "
+                                  f"{self.active_peft_config.peft_type.value}: their parameters live in the "
+                                  f"injected state, set requires_grad on those")
+        self.base_model.set_requires_grad(adapter_names, requires_grad)
 
     def get_layer_status(self):
         """One TunerLayerStatus per adapter layer (PEFT's API; see facade/status.py)."""

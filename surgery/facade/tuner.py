@@ -67,6 +67,8 @@ class TunerModel(nn.Module):
         if injects:
             self.peft_config[adapter_name] = peft_config
             self.inject_adapter(model, adapter_name, state_dict=state_dict)
+            # as PEFT: the injected model carries its configs, so get_peft_model_state_dict(model) works on it
+            model.peft_config = self.peft_config
 
     def forward(self, *args, **kwargs):
         return self.model(*args, **kwargs)
@@ -171,6 +173,25 @@ class TunerModel(nn.Module):
                 self.set_adapter(remaining)
             elif self.peft_config:
                 self.set_adapter(next(iter(self.peft_config)))
+            else:
+                self.active_adapter = []   # as PEFT: no adapter left, none active
+
+    def set_requires_grad(self, adapter_names: Union[str, list[str]], requires_grad: bool = True) -> None:
+        """Turn gradients on or off for these adapters' parameters in every layer (PEFT's API)."""
+        names = {adapter_names} if isinstance(adapter_names, str) else set(adapter_names)
+        unknown = sorted(names - set(self.peft_config))
+        if unknown:
+            raise AdapterNameError(f"set_requires_grad: {unknown} are not adapters; adapters: {list(self.peft_config)}")
+        for _, layer in adapter_layers(self.model):
+            holders = [layer.modules_to_save] if getattr(layer, "_surgery_modules_to_save", False) else \
+                [holder for _, holder in layer.adapter_containers()]
+            for holder in holders:
+                for key in names & set(holder.keys()):
+                    value = holder[key]
+                    params = [value] if isinstance(value, nn.Parameter) else \
+                        [] if isinstance(value, torch.Tensor) else list(value.parameters())
+                    for param in params:
+                        param.requires_grad_(requires_grad)
 
     # -- shared per-adapter state ----------------------------------------------------------------------
     def add_shared_state(self, adapter_name: str, shared) -> dict[str, SharedBuffers]:

@@ -131,9 +131,20 @@ class AdapterLayer(nn.Module):
         return self._disable_adapters or bool(self.merged_adapters)
 
     def enable_adapters(self, enabled: bool) -> None:
-        """Enable or disable every adapter of this layer (disabled: the base layer alone runs)."""
+        """Enable or disable every adapter of this layer (disabled: the base layer alone runs).
+
+        As PEFT, a disabled layer's adapter parameters stop requiring grad; enabling it again restores the
+        flags they had (PEFT makes the active ones trainable, even for an adapter loaded for inference)."""
         if not enabled and self.merged:
             self.unmerge()
+        if not enabled and not self._disable_adapters:
+            params = [p for _, holder in self.adapter_containers() for p in holder.parameters()]
+            self.__dict__["_grads_before_disable"] = [(p, p.requires_grad) for p in params]
+            for p in params:
+                p.requires_grad_(False)
+        elif enabled and self._disable_adapters:
+            for p, flag in self.__dict__.pop("_grads_before_disable", []):
+                p.requires_grad_(flag)
         self._disable_adapters = not enabled
 
     def delete_adapter(self, adapter_name: str) -> None:

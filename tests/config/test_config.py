@@ -4,7 +4,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
-import logging
 import math
 
 import pytest
@@ -192,7 +191,6 @@ def test_bad_regex_is_refused_naming_key_and_pattern(key, value):
 @pytest.mark.parametrize("kwargs", [
     dict(target_modules=r".*\.q_proj", layers_to_transform=[0]),   # PEFT refuses this combination too
     dict(target_modules=["q"], layers_pattern="layers"),           # a pattern without indexes
-    dict(target_modules=[]),
 ])
 def test_inconsistent_options_are_refused(kwargs):
     with pytest.raises(ConfigError):

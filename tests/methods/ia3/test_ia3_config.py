@@ -50,7 +50,6 @@ def test_feedforward_must_be_a_subset_of_the_targets():
     (dict(init_ia3_weights="yes"), "init_ia3_weights"),
     (dict(fan_in_fan_out=1), "fan_in_fan_out"),
     (dict(feedforward_modules=3), "feedforward_modules"),
-    (dict(target_modules=[]), "target_modules"),
     (dict(modules_to_save=["("]), "modules_to_save"),
 ])
 def test_bad_values_are_refused_naming_the_field(kwargs, field):

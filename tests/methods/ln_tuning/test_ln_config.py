@@ -15,7 +15,6 @@ from tests.support.helpers import printed_line
 
 @pytest.mark.parametrize("kwargs, words", [
     (dict(modules_to_save="classifier"), ["modules_to_save", "'classifier'", "list", "['classifier']"]),
-    (dict(target_modules=[]), ["target_modules", "selects nothing"]),
     (dict(target_modules="norm("), ["target_modules", "'norm('", "regular expression"]),
     (dict(exclude_modules="["), ["exclude_modules", "'['", "regular expression"]),
     (dict(target_modules=3), ["target_modules", "3", "list[str]", "expected"]),

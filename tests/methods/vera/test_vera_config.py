@@ -28,7 +28,6 @@ from tests.support.helpers import printed_line
     (dict(save_projection="yes"), ["save_projection", "yes", "bool"]),
     (dict(layers_pattern="layers"), ["layers_pattern", "layers_to_transform"]),
     (dict(target_modules=".*q_proj", layers_to_transform=[0]), ["layers_to_transform", "regex"]),
-    (dict(target_modules=[]), ["target_modules", "selects nothing"]),
 ])
 def test_bad_values_are_refused_by_name(kwargs, words):
     with pytest.raises(ConfigError) as info:

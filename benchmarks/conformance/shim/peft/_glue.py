@@ -21,3 +21,14 @@ def always_true() -> bool:
 
 def always_false() -> bool:
     return False
+
+
+def check_target_module_exists(config, key: str) -> bool:
+    """PEFT's per-name test "does this config target the module called `key`?", answered by surgery's
+    compiled rule (the one the planner matches with) on a module of unknown type."""
+    from torch import nn
+
+    from surgery.matching.rules import _selected, compile_rule
+
+    rule = compile_rule(config, nn.Module())
+    return _selected(rule, key, {"module": nn.Identity()}, set())

@@ -33,7 +33,12 @@ MAPPED: dict[str, dict[str, str]] = {
     "peft.tuners.tuners_utils": {
         "BaseTunerLayer": "surgery.methods.base_layer:AdapterLayer",
         "BaseTuner": "surgery.facade.tuner:TunerModel",
+        "check_target_module_exists": "peft._glue:check_target_module_exists",
     },
+    "peft.mapping": {name: f"surgery:{name}" for name in (
+        "PEFT_TYPE_TO_CONFIG_MAPPING", "PEFT_TYPE_TO_TUNER_MAPPING", "PEFT_TYPE_TO_PREFIX_MAPPING",
+        "get_peft_config", "inject_adapter_in_model")},
+    "peft.mapping_func": {"get_peft_model": "surgery:get_peft_model"},
     "peft.utils": {
         "ModulesToSaveWrapper": "surgery.rewrite.modules_to_save:ModulesToSaveWrapper",
         "INCLUDE_LINEAR_LAYERS_SHORTHAND": "peft._glue:INCLUDE_LINEAR_LAYERS_SHORTHAND",
