@@ -2,12 +2,13 @@
 from __future__ import annotations
 
 import logging
+import warnings
 from typing import Optional
 
 import torch
 from torch import nn
 
-from ..errors import CheckpointError
+from ..errors import CheckpointError, PeftWarning
 from ..progress import bar
 from ..methods.registry import get_method
 from ..rewrite.modules_to_save import ModulesToSaveWrapper
@@ -125,8 +126,9 @@ def set_peft_model_state_dict(model, peft_model_state_dict: dict, adapter_name: 
                               ignore_mismatched_sizes: bool = False, low_cpu_mem_usage: bool = False):
     """Load checkpoint tensors into adapter `adapter_name`; every key and shape is checked first.
 
-    A missing or unexpected key, or a shape that does not fit, raises CheckpointError naming the module
-    and both shapes; nothing is copied unless everything fits.
+    A missing key, or a shape that does not fit, raises CheckpointError naming the module and both shapes;
+    nothing is copied unless everything fits. Keys the model has no place for are skipped with a warning and
+    returned as unexpected_keys (as PEFT).
     """
     model, plain = _as_peft_model(model)
     if plain:
@@ -149,9 +151,11 @@ def set_peft_model_state_dict(model, peft_model_state_dict: dict, adapter_name: 
         targets[key], by_ckpt[key] = weight, key
     missing = [k for k in by_ckpt if k not in peft_model_state_dict and not k.endswith(".bias")]
     unexpected = [k for k in peft_model_state_dict if k not in by_ckpt]
-    if unexpected:
-        raise CheckpointError(f"the checkpoint has {len(unexpected)} key(s) the model has no place for, e.g. "
-                              f"{unexpected[0]!r}; was it saved for another base model or config?")
+    if unexpected:   # as PEFT: loaded around, reported (a missing key stays an error: it would train from noise)
+        warnings.warn(f"the checkpoint has {len(unexpected)} key(s) the model has no place for, e.g. "
+                      f"{unexpected[0]!r}; they are not loaded (was it saved for another base model or config?)",
+                      PeftWarning, stacklevel=2)
+        peft_model_state_dict = {k: v for k, v in peft_model_state_dict.items() if k in by_ckpt}
     if missing:
         raise CheckpointError(f"the checkpoint lacks {len(missing)} adapter key(s) the config asks for, e.g. "
                               f"{missing[0]!r}")
@@ -173,7 +177,7 @@ def set_peft_model_state_dict(model, peft_model_state_dict: dict, adapter_name: 
             if target.device.type == "meta":
                 raise CheckpointError(f"{ckpt_key} lives on the meta device; materialise the model first")
             target.copy_(tensor.to(dtype=target.dtype))
-    return _LoadResult([], [])
+    return _LoadResult([], [k.removeprefix(plain) for k in unexpected])
 
 
 def _method_entries(model, adapter_name: str) -> Optional[dict]:

@@ -66,6 +66,7 @@ class PersistenceMixin:
         validate_adapter_name(adapter_name)
         hub = {k: kwargs.pop(k) for k in _HUB_KEYS if k in kwargs}
         directory = resolve_adapter_files(model_id, **hub)
+        given = config
         if config is None:
             data = read_config_dict(directory)
             data.update({k: v for k, v in kwargs.items() if k in data})  # PEFT: kwargs override config keys
@@ -82,6 +83,9 @@ class PersistenceMixin:
         except Exception:
             peft_model.unload()  # put the original modules back: the user's model is as it was
             raise
+        if given is not None:   # as PEFT: the config passed in is the one the model keeps (with what planning
+            given.__dict__.update(peft_model.peft_config[adapter_name].__dict__)   # resolved in it)
+            peft_model.peft_config[adapter_name] = given
         if not is_trainable:
             peft_model.eval()
         return peft_model
@@ -100,11 +104,11 @@ class PersistenceMixin:
         self._add(adapter_name, config, activate=False, strict=False, autocast_adapter_dtype=autocast_adapter_dtype,
                   checkpoint_shapes=_shapes(tensors))
         try:
-            set_peft_model_state_dict(self, tensors, adapter_name)
+            result = set_peft_model_state_dict(self, tensors, adapter_name)
         except Exception:
             self.delete_adapter(adapter_name)
             raise
-        return None
+        return result   # (missing_keys, unexpected_keys), as PEFT
 
 
 def _shapes(tensors: dict) -> dict:

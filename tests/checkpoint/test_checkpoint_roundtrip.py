@@ -157,8 +157,13 @@ def test_state_dict_functions_round_trip():
     fresh = surgery_model(tm.tiny_t5(), target_modules=["q", "v"], r=4, task_type="SEQ_2_SEQ_LM")
     surgery.set_peft_model_state_dict(fresh, state)
     assert max_diff(run(fresh.eval(), "t5"), run(model.eval(), "t5")) <= 1e-6
-    with pytest.raises(surgery.SurgeryError):
-        surgery.set_peft_model_state_dict(fresh, {**state, "base_model.model.nope.lora_A.weight": torch.zeros(1)})
+    # as PEFT: a key the model has no place for is skipped, reported and warned about; a missing one is an error
+    with pytest.warns(surgery.PeftWarning, match="no place for"):
+        result = surgery.set_peft_model_state_dict(fresh, {**state, "base_model.model.nope.lora_A.weight":
+                                                           torch.zeros(1)})
+    assert result.unexpected_keys == ["base_model.model.nope.lora_A.weight"] and result.missing_keys == []
+    with pytest.raises(surgery.SurgeryError, match="lacks"):
+        surgery.set_peft_model_state_dict(fresh, dict(list(state.items())[1:]))
 
 
 # -- both directions with real peft, on fresh configs ----------------------------------------------------------

@@ -166,3 +166,13 @@ def test_peft_type_mappings_cover_every_method_as_peft_names_them():
         assert tuner_cls.prefix == peft.mapping.PEFT_TYPE_TO_PREFIX_MAPPING[peft_type]
     assert surgery.PEFT_TYPE_TO_CONFIG_MAPPING["LORA"] is surgery.LoraConfig
     assert "PROMPT_TUNING" not in surgery.PEFT_TYPE_TO_TUNER_MAPPING   # no tuner for prompt learning, as PEFT
+
+
+def test_from_pretrained_keeps_the_config_passed_in_and_load_adapter_reports_keys(tmp_path):
+    _, ours = both()
+    ours.save_pretrained(tmp_path)
+    config = surgery.LoraConfig(**CONFIG)
+    loaded = surgery.PeftModel.from_pretrained(tm.tiny_llama(), str(tmp_path), config=config)
+    assert loaded.peft_config["default"] is config and config.inference_mode
+    result = loaded.load_adapter(str(tmp_path), "again")
+    assert result.missing_keys == [] and result.unexpected_keys == []
