@@ -27,9 +27,15 @@ class ModulesToSaveWrapper(nn.Module):
     def get_base_layer(self) -> nn.Module:
         return self.original_module
 
-    @property
-    def weight(self):
-        return self._current().weight
+    def __getattr__(self, name: str):
+        """Attributes the wrapper lacks (weight, bias, in_features, ...) are the current module's: the active
+        copy, or the original when adapters are off (as PEFT), so code reading them sees what forward uses."""
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            if name in ("original_module", "modules_to_save", "_active_adapters", "_disable_adapters"):
+                raise
+            return getattr(self._current(), name)
 
     @property
     def active_adapters(self) -> list[str]:
