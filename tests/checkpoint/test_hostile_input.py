@@ -83,7 +83,7 @@ BAD_CONFIGS = [
     ({"target_modules": ["q_prj"]}, TargetNotFoundError, r"'q_prj'.*did you mean 'q_proj'"),
     ({"target_modules": "(q_proj"}, ConfigError, r"not a valid regular expression"),
     ({"target_modules": ["q_proj"], "layers_to_transform": [7]}, ConfigError, r"layer\(s\) \[7\] do not exist.*0\.\.1"),
-    ({"target_modules": ["embed_tokens"], "use_dora": True}, PlanError, r"use_dora=True on 'model.embed_tokens'"),
+    ({"target_modules": ["embed_tokens"], "lora_bias": True}, PlanError, r"lora_bias=True on 'model.embed_tokens'"),
     ({"target_modules": ["self_attn"]}, PlanError, r"LlamaAttention, which LoRA cannot wrap"),
     ({"peft_type": "NOPE", "target_modules": ["q_proj"]}, ConfigError, r"peft_type = 'NOPE' does not exist"),
     ({"peft_type": "POLY", "target_modules": ["q_proj"]}, ConfigError, r"does not implement yet"),

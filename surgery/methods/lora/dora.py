@@ -1,22 +1,23 @@
-"""DoRA: weight-decomposed LoRA (Liu et al. 2024), for Linear and transformers' Conv1D.
+"""DoRA: weight-decomposed LoRA (Liu et al. 2024), for Linear, transformers' Conv1D, Conv1d/2d/3d and Embedding.
 
     W' = m * (W + s B A) / ||W + s B A||_row        m: trainable magnitude, one per output row
     y  = W' x  =  (m/n - 1) * (W x)  +  (m/n) * s * B(A(x))  (+ bias),   n = ||W + s B A||_row (detached)
 
+"Rows" are the layer's dora_view of W: Linear (out, in); Conv1D W^T; a conv W.flatten(1), one row per output
+channel (m: PEFT's (1, out, 1...)); an embedding W^T, one row per embedding dimension (m: (embedding_dim,)).
 The row norm is computed without forming W + sBA (an out x in matrix):
     n^2 = ||W_i||^2 + 2s <B_i, (W A^T)_i> + s^2 <B_i, (B A A^T)_i>
-with ||W_i||^2 cached while W is unchanged; the cost is one (out x in x r) matmul, no big temporary.
+with ||W_i||^2 cached while W is unchanged; the cost is one (out x in x r) matmul, no big temporary. A grouped
+conv's delta is no such product (layer.dora_factors gives None): there W + s * delta is formed.
 """
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 
-def _out_in(layer, weight: torch.Tensor) -> torch.Tensor:
-    """The base weight as (out, in): transposed for fan_in_fan_out layers."""
-    return weight.T if layer.fan_in_fan_out else weight
+def _compute_dtype(t: torch.Tensor) -> torch.dtype:
+    return torch.float32 if t.dtype in (torch.float16, torch.bfloat16) else t.dtype
 
 
 class DoraMagnitude(nn.Module):
@@ -32,16 +33,17 @@ class DoraMagnitude(nn.Module):
     @classmethod
     def for_layer(cls, layer, name: str) -> "DoraMagnitude":
         weight = layer.get_base_layer().weight
+        shape = layer.dora_magnitude_shape()
         if weight.device.type == "meta":
-            return cls(torch.empty(_out_in(layer, weight).shape[0], device="meta", dtype=weight.dtype))
+            return cls(torch.empty(shape, device="meta", dtype=weight.dtype))
         module = cls(torch.empty(0))
-        module.weight = nn.Parameter(module.row_norm(layer, name, weight.data).to(weight.dtype))
+        module.weight = nn.Parameter(module.row_norm(layer, name, weight.data).to(weight.dtype).reshape(shape))
         return module
 
     def _row_sq_norms(self, weight: torch.Tensor) -> torch.Tensor:
         key = (weight.data_ptr(), weight._version, weight.dtype, weight.device, tuple(weight.shape))
         if key != self._row_sq_key:
-            compute = torch.float32 if weight.dtype in (torch.float16, torch.bfloat16) else weight.dtype
+            compute = _compute_dtype(weight)
             # vector_norm reduces without an (out x in) temporary (pow(2).sum(1) makes one: 46 MB on 5632x2048)
             self._row_sq = torch.linalg.vector_norm(weight, dim=1, dtype=compute).square_()
             self._row_sq_key = key
@@ -49,42 +51,56 @@ class DoraMagnitude(nn.Module):
 
     @torch.no_grad()
     def row_norm(self, layer, name: str, weight: torch.Tensor) -> torch.Tensor:
-        """||W + s B A|| per output row, detached, from `weight` in the base layout."""
-        w = _out_in(layer, weight)
-        A = layer.lora_A[name].weight
-        B = layer.lora_B[name].weight
+        """||W + s B A|| per row of the layer's dora_view, detached, from `weight` in the base layout: (rows,)."""
+        w = layer.dora_view(weight)
         s = layer.scaling[name]
-        compute = torch.float32 if w.dtype in (torch.float16, torch.bfloat16) else w.dtype
-        A, B = A.to(compute), B.to(compute)
+        compute = _compute_dtype(w)
+        factors = layer.dora_factors(name)
+        if factors is None:
+            return torch.linalg.vector_norm(w.to(compute) + s * layer.dora_delta(name).to(compute), dim=1)
+        A, B = (t.to(compute) for t in factors)
         cross = (B * (w.to(compute) @ A.T)).sum(1)
         quad = ((B @ (A @ A.T)) * B).sum(1)
         sq = self._row_sq_norms(w) + 2 * s * cross + (s * s) * quad
         return sq.clamp_min(0).sqrt()
 
     def apply(self, layer, x: torch.Tensor, name: str, result: torch.Tensor) -> torch.Tensor:
-        lora_A, lora_B = layer.lora_A[name], layer.lora_B[name]
+        """The layer's DoRA output from its base output `result` = W x + b:
+
+            (m/n) * (W x + s B(A(x))) + b          (= result + (m/n - 1) W x + (m/n) s B(A(x)), PEFT's form)
+
+        in three passes over the output instead of five. A half-precision adapter keeps PEFT's form (each op
+        rounds there, so the order decides the values). With dropout in training, B A reads the dropped x_d and
+        the base term is recomputed on it, as PEFT does: result + (m/n - 1) W x_d + (m/n) s B(A(x_d))."""
         dropout, s = layer.lora_dropout[name], layer.scaling[name]
-        base = layer.get_base_layer()
-        weight = base.weight
-        if isinstance(dropout, nn.Identity) or not layer.training:
-            base_result = result if base.bias is None else result - base.bias
-        else:
+        bias = layer.output_bias(result)
+        dropping = layer.dora_drops_input and layer.training and not isinstance(dropout, nn.Identity)
+        if dropping:
             x = dropout(x)
-            base_result = F.linear(x, _out_in(layer, weight).to(x.dtype))
-        norm = self.row_norm(layer, name, weight)
-        scale = (self.weight / norm).to(x.dtype)
-        return result + (scale - 1) * base_result + scale * (lora_B(lora_A(x)) * s)
+        lora = layer.lora_path(x, name)
+        norm = self.row_norm(layer, name, layer.get_base_layer().weight)
+        scale = (self.weight / norm.view(self.weight.shape)).to(lora.dtype)
+        if dropping:
+            return result + (scale - 1) * layer.base_without_bias(x) + scale * (lora * s)
+        if lora.dtype in (torch.float16, torch.bfloat16):   # every op rounds: PEFT's order, for its values
+            base_result = result if bias is None else result - bias
+            return result + (scale - 1) * base_result + scale * (lora * s)
+        adapted = torch.add(result if bias is None else result - bias, lora, alpha=s)   # W x + s B A x
+        return adapted * scale if bias is None else torch.addcmul(bias, adapted, scale)
+
+    def _factor(self, layer) -> torch.Tensor:
+        """m / n at merge time, shaped to broadcast over the base weight."""
+        return (self.weight.reshape(-1) / self._merge_norm).view(layer.dora_factor_shape())
 
     @torch.no_grad()
     def merged_weight(self, layer, weight: torch.Tensor, name: str, sign: int) -> torch.Tensor:
         """Fold DoRA into `weight` (sign=+1) or take it out again (sign=-1) using the norm from merge time."""
-        A = layer.lora_A[name].weight
+        dtype = layer.adapter_dtype(name)
         if sign > 0:   # the norm of the unmerged weight (other merged adapters taken out), kept for the unmerge
             unmerged = layer.unmerged_copy(weight) if layer.merged_adapters else weight
-            self._merge_norm = self.row_norm(layer, name, unmerged).to(torch.promote_types(weight.dtype, A.dtype))
-        factor = self.weight / self._merge_norm
-        factor = factor.view(1, -1) if layer.fan_in_fan_out else factor.view(-1, 1)
-        if weight.dtype == A.dtype == factor.dtype:
+            self._merge_norm = self.row_norm(layer, name, unmerged).to(torch.promote_types(weight.dtype, dtype))
+        factor = self._factor(layer)
+        if weight.dtype == dtype == factor.dtype:
             # One dtype: in place, no (out x in) temporary (addmm_ for the delta, then the row scale).
             if sign > 0:
                 return layer.add_delta_(weight, name, +1).mul_(factor)
@@ -100,6 +116,4 @@ class DoraMagnitude(nn.Module):
     @torch.no_grad()
     def unmerged(self, layer, weight: torch.Tensor, name: str) -> torch.Tensor:
         """`weight` with this merged DoRA adapter taken out, as a new tensor; the merge state is kept."""
-        factor = self.weight / self._merge_norm
-        factor = factor.view(1, -1) if layer.fan_in_fan_out else factor.view(-1, 1)
-        return (weight / factor - layer.delta_weight(name)).to(weight.dtype)
+        return (weight / self._factor(layer) - layer.delta_weight(name)).to(weight.dtype)

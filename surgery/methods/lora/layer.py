@@ -14,10 +14,11 @@ import math
 from typing import Optional
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ...errors import MergeError
-from ...graph.kinds import is_conv1d
+from ...graph.kinds import in_out_features, is_conv1d
 from ..base_layer import AdapterLayer, lazy_container
 from .dora import DoraMagnitude
 from .init import init_linear_like
@@ -41,8 +42,9 @@ def uninitialised_linear(in_f: int, out_f: int, bias: bool, device, dtype) -> nn
 
 class LoraLayer(AdapterLayer):
     adapter_layer_names = ("lora_A", "lora_B", "lora_embedding_A", "lora_embedding_B", "lora_magnitude_vector")
-    other_param_names = ("r", "lora_alpha", "scaling", "lora_dropout")
-    supports_dora = False
+    # use_dora is per adapter too: delete_adapter drops its entry with the others (as PEFT's)
+    other_param_names = ("r", "lora_alpha", "scaling", "lora_dropout", "use_dora")
+    dora_drops_input = True            # DoRA's dropout recomputes the base output on dropped x (not Embedding)
     merge_rounds_delta_first = False   # PEFT's Embedding always rounds the delta to the weight dtype first
     lora_embedding_A = lazy_container("lora_embedding_A", nn.ParameterDict)
     lora_embedding_B = lazy_container("lora_embedding_B", nn.ParameterDict)
@@ -50,13 +52,19 @@ class LoraLayer(AdapterLayer):
 
     def __init__(self, base_layer: nn.Module):
         super().__init__(base_layer)
-        fan_in_fan_out = is_conv1d(self.get_base_layer())   # Conv1D stores (in, out): PEFT's fan_in_fan_out
+        base = self.get_base_layer()
+        fan_in_fan_out = is_conv1d(base)   # Conv1D stores (in, out): PEFT's fan_in_fan_out
+        # PEFT's in_features / out_features: Linear and Conv1D sizes, conv channels, (vocabulary, width)
+        in_f, out_f = in_out_features(base) or (None, None)
         modules = self._modules   # direct writes, as in AdapterLayer.__init__
         modules["lora_A"], modules["lora_B"], modules["lora_dropout"] = nn.ModuleDict(), nn.ModuleDict(), nn.ModuleDict()
         self.lora_A: nn.ModuleDict
         self.lora_B: nn.ModuleDict
         self.lora_dropout: nn.ModuleDict
-        self.__dict__.update(fan_in_fan_out=fan_in_fan_out, r={}, lora_alpha={}, scaling={}, use_dora={})
+        self.__dict__.update(fan_in_fan_out=fan_in_fan_out, r={}, lora_alpha={}, scaling={}, use_dora={},
+                             in_features=in_f, out_features=out_f)
+        self.in_features: Optional[int]
+        self.out_features: Optional[int]
         self.r: dict[str, int]
         self.lora_alpha: dict[str, float]
         self.scaling: dict[str, float]
@@ -125,7 +133,46 @@ class LoraLayer(AdapterLayer):
             return self.lora_magnitude_vector[name].apply(self, x, name, result)
         return result + self.lora_B[name](lora_A(self.lora_dropout[name](x))) * self.scaling[name]
 
+    # -- what DoRA (dora.py) needs of a layer type: Linear / Conv1D here, conv and embedding override ---------
+    def dora_view(self, weight: torch.Tensor) -> torch.Tensor:
+        """The base weight as a 2-D (out, in) view whose rows DoRA normalises (transposed for fan_in_fan_out)."""
+        return weight.T if self.fan_in_fan_out else weight
+
+    def dora_factors(self, name: str) -> Optional[tuple[torch.Tensor, torch.Tensor]]:
+        """(A, B) with delta = s * B @ A in dora_view's layout; None where the delta is no such product."""
+        return self.lora_A[name].weight, self.lora_B[name].weight
+
+    def dora_delta(self, name: str) -> torch.Tensor:  # pragma: no cover - only where dora_factors gives None
+        raise NotImplementedError
+
+    def dora_factor_shape(self) -> tuple[int, ...]:
+        """How the per-row factor m / n broadcasts over the base weight."""
+        return (1, -1) if self.fan_in_fan_out else (-1, 1)
+
+    def dora_magnitude_shape(self) -> tuple[int, ...]:
+        """The magnitude parameter's shape (PEFT's: (out,) here, (1, out, 1...) for convs)."""
+        return (self.dora_view(self.get_base_layer().weight).shape[0],)
+
+    def adapter_dtype(self, name: str) -> torch.dtype:
+        return self.lora_A[name].weight.dtype
+
+    def lora_path(self, x: torch.Tensor, name: str) -> torch.Tensor:
+        """B(A(x)), unscaled."""
+        return self.lora_B[name](self.lora_A[name](x))
+
+    def output_bias(self, result: torch.Tensor) -> Optional[torch.Tensor]:
+        """The base's bias, shaped to broadcast over its output `result` (None without one)."""
+        return getattr(self.get_base_layer(), "bias", None)
+
+    def base_without_bias(self, x: torch.Tensor) -> torch.Tensor:
+        """The base layer's output on x without its bias (DoRA with dropout: the base output of dropped x)."""
+        return F.linear(x, self.dora_view(self.get_base_layer().weight).to(x.dtype))
+
     # -- merge -----------------------------------------------------------------------------------------
+    def merge_refusal(self) -> Optional[MergeError]:
+        """Why this layer cannot be merged at all (None: it can); conv overrides for grouped convolutions."""
+        return None
+
     def delta_weight(self, name: str) -> torch.Tensor:
         """s * B @ A in the base weight's layout (transposed when fan_in_fan_out)."""
         delta = (self.lora_B[name].weight @ self.lora_A[name].weight) * self.scaling[name]
@@ -165,17 +212,21 @@ class LoraLayer(AdapterLayer):
     def check_merge(self, adapter_names: Optional[list[str]] = None) -> None:
         """Raise MergeError if a safe merge of these adapters would produce NaN/inf; changes nothing (works on
         copies), so a model-wide safe merge can refuse before its first layer is written."""
+        names = self._to_merge(adapter_names)
+        refusal = self.merge_refusal() if names else None
+        if refusal is not None:
+            raise refusal
         base = self.get_base_layer()
         weight = base.weight.data.clone()
         bias = base.bias.data.clone() if getattr(base, "bias", None) is not None else None
-        for name in self._to_merge(adapter_names):
+        for name in names:
             weight = self._merged_weight(weight, name, +1, safe=True)
             lora_B = self.lora_B[name] if name in self.lora_B else None
             if bias is not None and getattr(lora_B, "bias", None) is not None:
                 bias = bias + lora_B.bias * self.scaling[name]
             if not torch.isfinite(weight).all() or (bias is not None and not torch.isfinite(bias).all()):
                 raise self._non_finite(name)
-        for name in self._to_merge(adapter_names):   # DoRA kept the norm of the copy: drop it
+        for name in names:   # DoRA kept the norm of the copy: drop it
             if self.use_dora[name]:
                 self.lora_magnitude_vector[name]._merge_norm = None
 
@@ -185,6 +236,9 @@ class LoraLayer(AdapterLayer):
 
     def merge(self, safe_merge: bool = False, adapter_names: Optional[list[str]] = None) -> None:
         names = self._to_merge(adapter_names)
+        refusal = self.merge_refusal() if names else None
+        if refusal is not None:
+            raise refusal
         base = self.get_base_layer()
         for name in names:
             with torch.no_grad():

@@ -12,7 +12,6 @@ from .layer import LoraLayer
 
 
 class Linear(LoraLayer):
-    supports_dora = True
 
     def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
         if not args and not kwargs:

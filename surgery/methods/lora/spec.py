@@ -24,22 +24,24 @@ from .model import LoraModel
 DEFAULT_TARGETS = LORA_FAMILY   # PEFT's table for this method (methods/default_targets.py)
 
 
-def _no_dora(base: nn.Module, config, fqn: str):
-    if config.use_dora:
-        return (f"use_dora=True on {fqn!r} ({type(base).__name__}): surgery implements DoRA for Linear and Conv1D "
-                f"layers only; exclude it with exclude_modules or set use_dora=False")
+def _embedding_refuses(base: nn.Module, config, fqn: str):
+    if config.lora_bias:   # A and B are bare parameters: there is no lora_B bias to give (PEFT refuses it too)
+        return f"lora_bias=True on {fqn!r} (an nn.Embedding): LoRA embeddings have no bias; set lora_bias=False"
     return None
 
 
 def _conv_refuses(base: nn.Module, config, fqn: str):
-    if base.groups != 1:
-        return f"target module {fqn!r} is a grouped convolution (groups={base.groups}); LoRA supports groups=1 only"
-    return _no_dora(base, config, fqn)
+    # B is a grouped 1x1 conv (r -> out, groups=base.groups): its r input channels must split into the groups
+    r = pattern_value(config.rank_pattern, fqn, config.r)
+    if r % base.groups != 0:
+        return (f"target module {fqn!r} is a grouped convolution (groups={base.groups}) and its rank r={r} is not a "
+                f"multiple of groups; choose r divisible by {base.groups} (rank_pattern for this module) or exclude it")
+    return None
 
 
 HANDLERS = (
     Handler(is_linear_like, Linear, "torch.nn.Linear, transformers.pytorch_utils.Conv1D"),
-    Handler(lambda m: isinstance(m, nn.Embedding), Embedding, "torch.nn.Embedding", refuses=_no_dora),
+    Handler(lambda m: isinstance(m, nn.Embedding), Embedding, "torch.nn.Embedding", refuses=_embedding_refuses),
     Handler(is_conv, Conv, "torch.nn.Conv1d/2d/3d", refuses=_conv_refuses),
 )
 
@@ -49,21 +51,26 @@ def rewrite_params(site: RewriteSite) -> dict:
     r = pattern_value(config.rank_pattern, site.fqn, config.r)
     alpha = pattern_value(config.alpha_pattern, site.fqn, config.lora_alpha)
     settle_fan_in_fan_out(site)
+    if is_conv(site.base) and site.base.groups > 1:
+        site.note(f"{site.fqn}: LoRA on a grouped convolution (groups={site.base.groups}) trains and runs, but "
+                  f"cannot be merged (as in PEFT)")
     scaling = alpha / math.sqrt(r) if config.use_rslora else alpha / r
     return {"r": r, "lora_alpha": alpha, "scaling": scaling, "use_dora": bool(config.use_dora)}
 
 
 def added_params(base: nn.Module, params: dict, config: LoraConfig) -> int:
-    """Parameters one LoRA adapter of rank r adds: A and B, plus DoRA's magnitude and lora_bias's bias."""
+    """Parameters one LoRA adapter of rank r adds: A and B, plus DoRA's magnitude (one per output row: out
+    channels, or embedding_dim) and lora_bias's bias."""
     r = params["r"]
     in_f, out_f = in_out_features(base)
     if isinstance(base, nn.Embedding):
-        return r * (in_f + out_f)
-    if is_conv(base):
+        return r * (in_f + out_f) + (out_f if params["use_dora"] else 0)
+    if is_conv(base):   # A: (r, in, *kernel); B: (out, r / groups, 1...)
         kernel = math.prod(weight_shape(base)[2:])
-        total = r * in_f * kernel + out_f * r
+        total = r * in_f * kernel + out_f * (r // base.groups)
     else:
-        total = r * (in_f + out_f) + (out_f if params["use_dora"] else 0)
+        total = r * (in_f + out_f)
+    total += out_f if params["use_dora"] else 0
     return total + (out_f if config.lora_bias else 0)
 
 

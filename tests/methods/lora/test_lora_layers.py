@@ -199,10 +199,11 @@ def test_conv_layer_shapes_follow_the_base_conv():
 
 
 def test_unsupported_layers_are_refused_before_any_change():
+    # a grouped conv takes LoRA when r divides into its groups (B is a grouped 1x1 conv), as in PEFT
     model = nn.Sequential(nn.Linear(4, 4), nn.Conv2d(4, 4, 3, groups=2))
     before = copy.deepcopy(model.state_dict())
     with pytest.raises(surgery.SurgeryError, match="groups"):
-        surgery.get_peft_model(model, surgery.LoraConfig(target_modules=["0", "1"]))
+        surgery.get_peft_model(model, surgery.LoraConfig(target_modules=["0", "1"], r=3))
     assert type(model[0]) is nn.Linear and all(torch.equal(before[k], v) for k, v in model.state_dict().items())
-    with pytest.raises(surgery.SurgeryError, match="DoRA"):
-        surgery.get_peft_model(tm.tiny_embed_mlp(), surgery.LoraConfig(target_modules=["emb"], use_dora=True))
+    with pytest.raises(surgery.SurgeryError, match="lora_bias"):
+        surgery.get_peft_model(tm.tiny_embed_mlp(), surgery.LoraConfig(target_modules=["emb"], lora_bias=True))
