@@ -17,6 +17,7 @@ import contextlib
 from typing import Optional, Union
 
 from torch import nn
+from transformers.utils import PushToHubMixin
 
 from ..config.base import PeftConfig
 from ..errors import AdapterNameError, ConfigError, ConfigTypeError, MethodAttributeError
@@ -30,7 +31,7 @@ from .status import get_layer_status, get_model_status
 from .training import TrainingMixin
 
 
-class PeftModel(PersistenceMixin, TrainingMixin, nn.Module):
+class PeftModel(PersistenceMixin, TrainingMixin, PushToHubMixin, nn.Module):
     """Base model encompassing various PEFT methods (PEFT's signature and attributes)."""
 
     # Task subclasses name the heads that train in full and are saved with the adapter.
@@ -129,10 +130,10 @@ class PeftModel(PersistenceMixin, TrainingMixin, nn.Module):
 
     def delete_adapter(self, adapter_name: str) -> None:
         if adapter_name not in self.peft_config:
-            raise AdapterNameError(f"adapter {adapter_name!r} not found; adapters: {list(self.peft_config)}")
+            raise AdapterNameError(f"Adapter {adapter_name} does not exist; adapters: {list(self.peft_config)}")
+        self.base_model.delete_adapter(adapter_name)   # refuses a merged adapter before anything changes
         for state in self._injected_states():
             state.detach(adapter_name)
-        self.base_model.delete_adapter(adapter_name)
 
     @property
     def active_adapter(self) -> str:
@@ -141,6 +142,11 @@ class PeftModel(PersistenceMixin, TrainingMixin, nn.Module):
     @property
     def active_adapters(self) -> list[str]:
         return self.base_model.active_adapters
+
+    @property
+    def has_active_enabled_adapter(self) -> bool:
+        """Whether an adapter runs: adapters not switched off with disable_adapter() (PEFT's property)."""
+        return not self._adapters_disabled or not self.active_adapters
 
     @property
     def active_peft_config(self) -> PeftConfig:
@@ -266,11 +272,14 @@ class PeftModel(PersistenceMixin, TrainingMixin, nn.Module):
     def disable_adapter(self):
         """Inside the block the base model runs alone (bit-identical outputs)."""
         was_disabled, self._adapters_disabled = self._adapters_disabled, True
+        layers = [layer for _, layer in adapter_layers(self.get_base_model())]
+        before = [layer._disable_adapters for layer in layers]   # restored as they were, layer by layer (PEFT)
         self.base_model.disable_adapter_layers()
         try:
             yield
         finally:
-            self.base_model.enable_adapter_layers()
+            for layer, disabled in zip(layers, before):
+                layer.enable_adapters(not disabled)
             self._adapters_disabled = was_disabled
 
     def _refuse_merge(self, what: str) -> None:

@@ -158,8 +158,12 @@ class TunerModel(nn.Module):
     def delete_adapter(self, adapter_name: str) -> None:
         """Remove an adapter's layers' parts (layers left empty are unwrapped) and its shared state."""
         if adapter_name not in self.peft_config:
-            raise AdapterNameError(f"adapter {adapter_name!r} not found; adapters: {list(self.peft_config)}")
-        for fqn, layer in list(adapter_layers(self.model)):
+            raise AdapterNameError(f"Adapter {adapter_name} does not exist; adapters: {list(self.peft_config)}")
+        layers = list(adapter_layers(self.model))
+        if any(adapter_name in layer.merged_adapters for _, layer in layers):   # checked before any change
+            raise AdapterNameError(f"Cannot delete adapter(s) [{adapter_name!r}] while they are merged. Please "
+                                   f"unmerge them first (unmerge_adapter()).")
+        for fqn, layer in layers:
             if adapter_name in layer.adapter_names():
                 layer.delete_adapter(adapter_name)
                 if not layer.adapter_names():   # nothing left on it: the original module goes back in

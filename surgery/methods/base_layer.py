@@ -103,6 +103,16 @@ class AdapterLayer(nn.Module):
                 names[key] = None
         return list(names)
 
+    def _all_available_adapter_names(self) -> list[str]:
+        """PEFT's name: every adapter this layer holds, sorted."""
+        names = set(self.adapter_names())
+        for attr in self.other_param_names:
+            names.update(getattr(self, attr, {}).keys())
+        return sorted(names)
+
+    def _get_available_adapters(self) -> set[str]:
+        return set(self.adapter_names())
+
     # -- state changes ---------------------------------------------------------------------------------
     def set_adapter(self, adapter_names: Union[str, Iterable[str]], trainable: bool = True) -> None:
         """Activate these adapters; only active adapters' parameters require grad (when trainable)."""

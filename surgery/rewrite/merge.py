@@ -1,14 +1,31 @@
 """Merge, unmerge and unload over every adapter layer of a model; a failed merge rolls back."""
 from __future__ import annotations
 
+import warnings
 from typing import Optional
 
 from torch import nn
 
+from ..errors import PeftWarning
 from ..progress import bar
 from .apply import parent_and_attr
 from .modules_to_save import ModulesToSaveWrapper
 from .trainable import adapter_layers
+
+
+def _warn_already_merged(layers, adapter_names) -> None:
+    """One warning for the model, in PEFT's words, when adapters asked for are merged already (PEFT warns once per
+    layer)."""
+    again, fresh = set(), set()
+    for layer in layers:
+        wanted = adapter_names if adapter_names is not None else layer.active_adapters
+        for name in wanted:
+            (again if name in layer.merged_adapters else fresh).add(name)
+    if again and not fresh:
+        warnings.warn("All adapters are already merged, nothing to do.", PeftWarning, stacklevel=3)
+    elif again:
+        warnings.warn(f"Already following adapters were merged {','.join(sorted(again))}. "
+                      f"You are now additionally merging {','.join(sorted(fresh))}.", PeftWarning, stacklevel=3)
 
 
 def merge_adapters(model: nn.Module, adapter_names: Optional[list[str]] = None, safe_merge: bool = False,
@@ -18,6 +35,7 @@ def merge_adapters(model: nn.Module, adapter_names: Optional[list[str]] = None, 
     (within float rounding)."""
     done = []
     layers = [layer for _, layer in adapter_layers(model) if not isinstance(layer, ModulesToSaveWrapper)]
+    _warn_already_merged(layers, adapter_names)
     if safe_merge:
         for layer in _progress(layers, progress, "checking the merge"):
             if hasattr(layer, "check_merge"):

@@ -15,6 +15,8 @@ from torch import nn
 class ModulesToSaveWrapper(nn.Module):
     _surgery_adapter_layer = True
     _surgery_modules_to_save = True
+    adapter_layer_names = ("modules_to_save",)   # PEFT's attribute: where the per-adapter copies live
+    other_param_names: tuple = ()
 
     def __init__(self, module: nn.Module):
         super().__init__()
@@ -45,6 +47,10 @@ class ModulesToSaveWrapper(nn.Module):
     def merged(self) -> bool:
         return False
 
+    @property
+    def disable_adapters(self) -> bool:
+        return self._disable_adapters
+
     def update(self, adapter_name: str, trainable: bool = True) -> None:
         self.modules_to_save[adapter_name] = copy.deepcopy(self.original_module)
         self.modules_to_save[adapter_name].requires_grad_(trainable)
@@ -52,6 +58,9 @@ class ModulesToSaveWrapper(nn.Module):
 
     def adapter_names(self) -> list[str]:
         return list(self.modules_to_save.keys())
+
+    def _all_available_adapter_names(self) -> list[str]:
+        return sorted(self.modules_to_save.keys())
 
     def set_adapter(self, adapter_names: Union[str, Iterable[str]], trainable: bool = True) -> None:
         names = [adapter_names] if isinstance(adapter_names, str) else list(adapter_names)

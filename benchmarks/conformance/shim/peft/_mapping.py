@@ -41,6 +41,8 @@ MAPPED: dict[str, dict[str, str]] = {
     "peft.mapping_func": {"get_peft_model": "surgery:get_peft_model"},
     "peft.utils": {
         "ModulesToSaveWrapper": "surgery.rewrite.modules_to_save:ModulesToSaveWrapper",
+        # PEFT's base of its auxiliary wrappers; surgery's one auxiliary wrapper is the modules_to_save copy
+        "AuxiliaryTrainingWrapper": "surgery.rewrite.modules_to_save:ModulesToSaveWrapper",
         "INCLUDE_LINEAR_LAYERS_SHORTHAND": "peft._glue:INCLUDE_LINEAR_LAYERS_SHORTHAND",
         "_get_submodules": "peft._glue:get_submodules",
         "infer_device": "peft._glue:infer_device",
@@ -49,6 +51,7 @@ MAPPED: dict[str, dict[str, str]] = {
     },
     "peft.utils.other": {
         "ModulesToSaveWrapper": "surgery.rewrite.modules_to_save:ModulesToSaveWrapper",
+        "AuxiliaryTrainingWrapper": "surgery.rewrite.modules_to_save:ModulesToSaveWrapper",
     },
     "peft.utils.constants": {
         "DUMMY_MODEL_CONFIG": "peft._glue:DUMMY_MODEL_CONFIG",

@@ -23,6 +23,8 @@ LORA_OPTIONS_NOT_CLAIMED = (
     # PeftMixedModel mixes adapters of different methods in one model: not a surgery feature yet.
     "PeftMixedModel", "PEFT_TYPE_TO_MIXED_MODEL_MAPPING", "CPTEmbedding", "CartridgeEncoder",
     "MultitaskPromptTuningInit", "compose_cartridge_adapters",
+    # LoRA's trainable_token_indices option wraps embeddings in this; surgery does not claim the option yet.
+    "TrainableTokensWrapper",
 )
 
 # Sub-packages of peft.tuners that belong to methods surgery does not have: everything in them is out of scope.

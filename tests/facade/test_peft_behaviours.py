@@ -1,0 +1,105 @@
+"""Behaviours PEFT's own suite checks, recorded here against real peft: merged adapters cannot be deleted,
+re-merging warns, disable_adapter() restores each layer as it was, modules_to_save copies answer attribute
+reads, and the PeftModel attributes user code probes."""
+from __future__ import annotations
+
+import re
+
+import pytest
+import torch
+from torch import nn
+
+import surgery
+
+peft = pytest.importorskip("peft")
+
+
+class MLP(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lin0, self.lin1 = nn.Linear(4, 4), nn.Linear(4, 2)
+
+    def forward(self, x):
+        return self.lin1(self.lin0(x))
+
+
+def pair(**kwargs):
+    config = dict(target_modules=["lin0"], init_lora_weights=False, **kwargs)
+    torch.manual_seed(0)
+    theirs = peft.get_peft_model(MLP(), peft.LoraConfig(**config), adapter_name="a0")
+    torch.manual_seed(0)
+    ours = surgery.get_peft_model(MLP(), surgery.LoraConfig(**config), adapter_name="a0")
+    return theirs, ours
+
+
+def test_a_merged_adapter_cannot_be_deleted_and_nothing_changes():
+    for model, lib in zip(pair(), (peft, surgery)):
+        model.add_adapter("a1", lib.LoraConfig(target_modules=["lin0"]))
+        model.set_adapter("a1")
+        model.merge_adapter()
+        with pytest.raises(ValueError, match=re.escape("Cannot delete adapter(s) ['a1'] while they are merged")):
+            model.delete_adapter("a1")
+        assert set(model.peft_config) == {"a0", "a1"}
+        model.delete_adapter("a0")   # the unmerged one still can be
+        assert model.base_model.model.lin0.merged_adapters == ["a1"]
+
+
+def test_unknown_adapter_is_named_in_peft_words():
+    for model in pair():
+        with pytest.raises(ValueError, match="Adapter nope does not exist"):
+            model.delete_adapter("nope")
+
+
+def test_merging_again_warns_once_in_peft_words():
+    _, ours = pair()
+    ours.merge_adapter()
+    with pytest.warns(surgery.PeftWarning, match="All adapters are already merged, nothing to do") as record:
+        ours.merge_adapter()
+    assert len(record) == 1
+
+
+def test_disable_adapter_context_restores_the_layers_as_they_were():
+    for model in pair(modules_to_save=["lin1"]):   # as PEFT, with every layer off before the block
+        model.disable_adapter_layers()
+        with model.disable_adapter():
+            pass
+        assert model.base_model.model.lin0.disable_adapters
+        model.enable_adapter_layers()
+        with model.disable_adapter():
+            pass
+        assert not model.base_model.model.lin0.disable_adapters
+    _, ours = pair(modules_to_save=["lin1"])   # and layer by layer (PEFT only warns about such a mixed state)
+    ours.base_model.model.lin0.enable_adapters(False)
+    with ours.disable_adapter():
+        pass
+    assert ours.base_model.model.lin0.disable_adapters and not ours.base_model.model.lin1.disable_adapters
+
+
+def test_disabling_a_layer_freezes_its_adapter_and_enabling_restores_the_flags():
+    theirs, ours = pair()
+    for model in (theirs, ours):
+        model.base_model.model.lin0.enable_adapters(False)
+    grads = lambda m: {n: p.requires_grad for n, p in m.named_parameters() if "lora_" in n}   # noqa: E731
+    assert grads(ours) == grads(theirs) and not any(grads(ours).values())
+    ours.base_model.model.lin0.enable_adapters(True)
+    assert all(grads(ours).values())
+
+
+def test_modules_to_save_copy_answers_attribute_reads_as_peft():
+    for model in pair(modules_to_save=["lin1"]):
+        wrapper = model.base_model.model.lin1
+        assert wrapper.bias is wrapper.modules_to_save["a0"].bias and wrapper.in_features == 4
+        with model.disable_adapter():
+            assert wrapper.weight is wrapper.original_module.weight
+        with pytest.raises(AttributeError):
+            wrapper.no_such_attribute
+
+
+def test_attributes_user_code_probes():
+    theirs, ours = pair()
+    for name in ("push_to_hub", "save_pretrained", "from_pretrained", "has_active_enabled_adapter"):
+        assert hasattr(ours, name) and hasattr(theirs, name)
+    assert ours.has_active_enabled_adapter is theirs.has_active_enabled_adapter is True
+    layer, their_layer = ours.base_model.model.lin0, theirs.base_model.model.lin0
+    assert layer._all_available_adapter_names() == their_layer._all_available_adapter_names() == ["a0"]
+    assert repr(layer).startswith("lora.Linear(") and repr(their_layer).startswith("lora.Linear(")
