@@ -7,7 +7,7 @@
 The suite comes from PEFT's sdist on PyPI (its tests/ folder), unpacked under .conformance/ as the package
 `peft_suite`; nothing of it is kept in this repository. A test is *in scope* when it passes with peft and
 does not touch a method or option surgery does not claim (shim/peft/_scope.py). Results per side are written
-to .conformance/results-<side>.json; the table printed is the one in docs/conformance.md.
+to .conformance/all-<side>.json (merged over runs); the table printed is the one in docs/conformance.md.
 """
 from __future__ import annotations
 
@@ -65,7 +65,7 @@ def fetch_suite() -> Path:
 def run_side(side: str, files, keyword: str | None, jobs: int) -> dict:
     """Run the files with peft or with surgery; {nodeid: {"outcome", "reason"}}."""
     fetch_suite()
-    results = CACHE / f"results-{side}.json"
+    results = CACHE / f"results-{side}-{os.getpid()}.json"   # runs may overlap: one file each
     results.unlink(missing_ok=True)
     paths = [str(HERE)] + ([str(HERE / "shim")] if side == "surgery" else []) + [str(REPO), str(SUITE)]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(paths), "CONFORMANCE_RESULTS": str(results),
@@ -82,6 +82,7 @@ def run_side(side: str, files, keyword: str | None, jobs: int) -> dict:
     if not results.exists():
         raise SystemExit(f"the {side} run wrote no results (pytest could not start?); rerun with CONFORMANCE_VERBOSE=1")
     fresh = json.loads(results.read_text())
+    results.unlink()
     # Runs of other files add up: the stored results of a side cover every file run so far.
     merged = load_side(side)
     merged.update(fresh)

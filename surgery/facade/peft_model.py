@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 from typing import Optional, Union
 
+import torch
 from torch import nn
 from transformers.utils import PushToHubMixin
 
@@ -182,7 +183,7 @@ class PeftModel(PersistenceMixin, TrainingMixin, PushToHubMixin, nn.Module):
         if state is not None:
             self._refuse_per_sample(adapter_names)
             return state.forward_call(args, kwargs)
-        with self._per_sample_adapters(adapter_names):
+        with self._per_sample_adapters(adapter_names, args, kwargs):
             return self.get_base_model()(*args, **kwargs)
 
     def generate(self, *args, adapter_names: Optional[list[str]] = None, **kwargs):
@@ -190,7 +191,7 @@ class PeftModel(PersistenceMixin, TrainingMixin, PushToHubMixin, nn.Module):
         if state is not None:
             self._refuse_per_sample(adapter_names)
             return state.generate_call(args, kwargs)
-        with self._per_sample_adapters(adapter_names):
+        with self._per_sample_adapters(adapter_names, args, kwargs):
             return self.get_base_model().generate(*args, **kwargs)
 
     def _refuse_per_sample(self, adapter_names) -> None:
@@ -199,7 +200,7 @@ class PeftModel(PersistenceMixin, TrainingMixin, PushToHubMixin, nn.Module):
             raise ConfigError(f"adapter_names (one adapter per sample) is not supported with {method}")
 
     @contextlib.contextmanager
-    def _per_sample_adapters(self, adapter_names: Optional[list[str]]):
+    def _per_sample_adapters(self, adapter_names: Optional[list[str]], args=(), kwargs=None):
         if adapter_names is None:
             yield
             return
@@ -208,9 +209,19 @@ class PeftModel(PersistenceMixin, TrainingMixin, PushToHubMixin, nn.Module):
             self._refuse_per_sample(adapter_names)
         unknown = sorted(set(adapter_names) - set(self.peft_config) - {BASE_NAME})
         if unknown:
-            raise AdapterNameError(f"adapter_names: {unknown} are not adapters of this model; adapters: "
+            raise AdapterNameError(f"Trying to infer with non-existing adapter(s): {', '.join(unknown)}. adapters: "
                                    f"{list(self.peft_config)} (or {BASE_NAME!r} for the base model)")
+        if self.training:   # PEFT's rule: one adapter per sample is for inference
+            raise ConfigError("Cannot pass `adapter_names` when the model is in training mode: call model.eval() "
+                              "first (one adapter per sample is an inference feature)")
         layers = [layer for _, layer in adapter_layers(self.get_base_model())]
+        if any(layer.merged_adapters for layer in layers):
+            raise ConfigError("Cannot pass `adapter_names` when there are merged adapters, please call "
+                              "`unmerge_adapter` first.")
+        rows = _batch_rows(args, kwargs or {})
+        if rows is not None and rows != len(adapter_names):
+            raise ConfigError(f"Length of `adapter_names` should be the same as the number of inputs, but got "
+                              f"{len(adapter_names)} and {rows} respectively.")
         names = tuple(adapter_names)
         for layer in layers:
             layer._batch_adapters = names
@@ -305,6 +316,14 @@ class PeftModel(PersistenceMixin, TrainingMixin, PushToHubMixin, nn.Module):
 
     def unmerge_adapter(self) -> None:
         self.base_model.unmerge_adapter()
+
+
+def _batch_rows(args, kwargs) -> Optional[int]:
+    """The batch size of a forward call: its first tensor input (input_ids, inputs_embeds, or positional)."""
+    for value in (kwargs.get("input_ids"), kwargs.get("inputs_embeds"), kwargs.get("x"), *args):
+        if isinstance(value, torch.Tensor) and value.dim() > 0:
+            return value.shape[0]
+    return None
 
 
 ModelUnion = Union[PeftModel, nn.Module]

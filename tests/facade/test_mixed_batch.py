@@ -57,8 +57,16 @@ def test_mixed_batch_errors_name_the_problem(three_adapters):
     x = tiny_models.token_batch(batch=2)
     with pytest.raises(SurgeryError, match="nope"):
         three_adapters(x, adapter_names=["default", "nope"])
-    with pytest.raises(SurgeryError, match="one adapter name"):
+    with pytest.raises(SurgeryError, match="Length of `adapter_names` should be the same as the number of inputs"):
         three_adapters(x, adapter_names=["default"])
+    three_adapters.train()   # as PEFT: per-sample adapters are for inference, and never over merged weights
+    with pytest.raises(SurgeryError, match="training mode"):
+        three_adapters(x, adapter_names=["default", "default"])
+    three_adapters.eval()
+    three_adapters.merge_adapter()
+    with pytest.raises(SurgeryError, match="merged adapters, please call `unmerge_adapter` first"):
+        three_adapters(x, adapter_names=["default", "default"])
+    three_adapters.unmerge_adapter()
     # the per-sample state is cleared even after an error
     torch.testing.assert_close(three_adapters(x).logits, three_adapters(x).logits)
 
