@@ -14,6 +14,7 @@ names no method: what differs between methods is in their specs.
 from __future__ import annotations
 
 import contextlib
+import warnings
 from typing import Optional, Union
 
 import torch
@@ -21,7 +22,7 @@ from torch import nn
 from transformers.utils import PushToHubMixin
 
 from ..config.base import PeftConfig
-from ..errors import AdapterNameError, ConfigError, ConfigTypeError, MethodAttributeError
+from ..errors import AdapterNameError, ConfigError, ConfigTypeError, MethodAttributeError, PeftWarning
 from ..methods.registry import exposed_by, get_method
 from ..naming import BASE_NAME, validate_adapter_name
 from ..plan.model import Plan, trainable_line
@@ -283,14 +284,18 @@ class PeftModel(PersistenceMixin, TrainingMixin, PushToHubMixin, nn.Module):
     def disable_adapter(self):
         """Inside the block the base model runs alone (bit-identical outputs)."""
         was_disabled, self._adapters_disabled = self._adapters_disabled, True
-        layers = [layer for _, layer in adapter_layers(self.get_base_model())]
-        before = [layer._disable_adapters for layer in layers]   # restored as they were, layer by layer (PEFT)
+        states = {layer._disable_adapters for _, layer in adapter_layers(self.get_base_model())}
+        if len(states) > 1:   # as PEFT: a mixed state is most likely a mistake, and the block ends it
+            warnings.warn("The model contains some adapter layers that are enabled and others that are disabled. "
+                          "This is most likely unintentional. After exiting the disable_adapter context, all "
+                          "adapters will be enabled", PeftWarning, stacklevel=3)
+        all_disabled = states == {True}
         self.base_model.disable_adapter_layers()
         try:
             yield
         finally:
-            for layer, disabled in zip(layers, before):
-                layer.enable_adapters(not disabled)
+            if not all_disabled:   # every layer off before the block stays off (as PEFT)
+                self.base_model.enable_adapter_layers()
             self._adapters_disabled = was_disabled
 
     def _refuse_merge(self, what: str) -> None:
