@@ -107,8 +107,9 @@ def _fill_default_targets(config, model, spec) -> None:
         return
     model_type = getattr(getattr(model, "config", None), "model_type", None)
     if model_type not in spec.default_targets:
-        raise ConfigError(f"target_modules is not set and there is no {config.peft_type.value} default for "
-                          f"model_type {model_type!r}; set target_modules (names, a regex, or 'all-linear')")
+        raise ConfigError(f"Please specify `target_modules` in `peft_config`: it is not set and there is no "
+                          f"{config.peft_type.value} default for model_type {model_type!r}; give names, a regex, "
+                          f"or 'all-linear'")
     default = spec.default_targets[model_type]
     config.target_modules = default if isinstance(default, str) else list(default)   # a regex stays one string
 
