@@ -23,9 +23,11 @@ import torch
 def cayley(R: torch.Tensor) -> torch.Tensor:
     """Orthogonal blocks from free ones: (..., b, b) -> (..., b, b), in R's dtype (the identity at R = 0)."""
     skew = 0.5 * (R - R.transpose(-1, -2))
-    eye = torch.eye(R.shape[-1], device=R.device, dtype=R.dtype).expand_as(skew)
+    # solved in float32 at least, as PEFT (torch has no half-precision solve on CPU, and it is more exact)
+    eye = torch.eye(R.shape[-1], device=R.device, dtype=torch.promote_types(R.dtype, torch.float32))
+    eye = eye.expand(skew.shape)
     # X (I + S) = I - S; the factors commute, so X = (I + S)^-1 (I - S) as well (PEFT solves this side)
-    return torch.linalg.solve(eye + skew, eye - skew, left=False)
+    return torch.linalg.solve(eye + skew, eye - skew, left=False).to(R.dtype)
 
 
 def rotations(R: torch.Tensor) -> torch.Tensor:

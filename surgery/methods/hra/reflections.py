@@ -39,7 +39,10 @@ def reflections(u: torch.Tensor, apply_GS: bool) -> Reflections:
     r = V.shape[1]
     eye = torch.eye(r, device=V.device, dtype=V.dtype)
     S = torch.triu(V.t() @ V, diagonal=1) + eye * 0.5
-    return Reflections(V, torch.linalg.solve_triangular(S, eye, upper=True))
+    # in float32 at least: torch has no half-precision triangular solve on CPU
+    wide = torch.promote_types(V.dtype, torch.float32)
+    T = torch.linalg.solve_triangular(S.to(wide), eye.to(wide), upper=True).to(V.dtype)
+    return Reflections(V, T)
 
 
 def times(M: torch.Tensor, refl: Reflections, transposed: bool = False) -> torch.Tensor:
