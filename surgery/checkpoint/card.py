@@ -20,7 +20,7 @@ def update_model_card(directory: Path, *, base_model: str | None, method: str, v
     if base_model:
         meta["base_model"] = base_model
     tags = list(meta.get("tags") or [])
-    for tag in (f"base_model:adapter:{base_model or ''}", method.lower(), "transformers", "surgery"):
+    for tag in ([f"base_model:adapter:{base_model}"] if base_model else []) + [method.lower(), "transformers", "surgery"]:
         if tag not in tags:
             tags.append(tag)
     meta["tags"] = tags

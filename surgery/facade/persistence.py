@@ -55,7 +55,10 @@ class PersistenceMixin:
         config = self.active_peft_config
         quant = getattr(getattr(self.get_base_model(), "config", None), "quantization_config", None)
         quant = quant.to_dict() if hasattr(quant, "to_dict") else quant
-        update_model_card(output_dir, base_model=config.base_model_name_or_path, method=config.peft_type.value,
+        # as PEFT: the card names the base model its transformers config says; a custom model has none to name
+        model_config = getattr(self.get_base_model(), "config", None)
+        base = getattr(model_config, "_name_or_path", None) if model_config is not None else None
+        update_model_card(output_dir, base_model=base or None, method=config.peft_type.value,
                           version=__version__, quantization=quant)
 
     @classmethod

@@ -55,6 +55,7 @@ class TunerModel(nn.Module):
     """
 
     prefix: str = ""   # the method's parameter-name prefix (PEFT's tuner attribute, e.g. "lora_")
+    uses_shared_state: bool = False   # PEFT's flag: state shared across layers lives on the tuner (VeRA)
 
     def __init__(self, model: nn.Module, peft_config, adapter_name: str = "default", low_cpu_mem_usage: bool = False,
                  state_dict: Optional[dict] = None, **kwargs):
@@ -162,7 +163,7 @@ class TunerModel(nn.Module):
         layers = list(adapter_layers(self.model))
         if any(adapter_name in layer.merged_adapters for _, layer in layers):   # checked before any change
             raise AdapterNameError(f"Cannot delete adapter(s) [{adapter_name!r}] while they are merged. Please "
-                                   f"unmerge them first (unmerge_adapter()).")
+                                   f"unmerge them first. (model.unmerge_adapter(), then delete_adapter)")
         for fqn, layer in layers:
             if adapter_name in layer.adapter_names():
                 layer.delete_adapter(adapter_name)

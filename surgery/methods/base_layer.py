@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from ..errors import AdapterNameError
+from ..graph.kinds import in_out_features
 
 
 def lazy_container(name: str, factory: Callable[[], nn.Module]) -> property:
@@ -40,7 +41,10 @@ class AdapterLayer(nn.Module):
         # Written straight into the module's dicts: nn.Module.__setattr__'s type checks cost more than
         # everything else here, for thousands of layers on a big model.
         self._modules["base_layer"] = base_layer
-        self.__dict__.update(_active_adapters=[], merged_adapters=[], _disable_adapters=False)
+        # PEFT's in_features / out_features on every adapter layer (None for layers without such sizes)
+        in_f, out_f = in_out_features(base_layer) or (None, None)
+        self.__dict__.update(_active_adapters=[], merged_adapters=[], _disable_adapters=False,
+                             in_features=in_f, out_features=out_f)
 
     def adapter_containers(self):
         """(name, holder) for each per-adapter container this layer has created (lazy ones may not exist)."""

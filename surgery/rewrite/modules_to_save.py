@@ -51,6 +51,11 @@ class ModulesToSaveWrapper(nn.Module):
     def disable_adapters(self) -> bool:
         return self._disable_adapters
 
+    @property
+    def _adapters(self) -> set[str]:
+        """PEFT's attribute: the adapters holding a copy here."""
+        return set(self.modules_to_save.keys())
+
     def update(self, adapter_name: str, trainable: bool = True) -> None:
         self.modules_to_save[adapter_name] = copy.deepcopy(self.original_module)
         self.modules_to_save[adapter_name].requires_grad_(trainable)

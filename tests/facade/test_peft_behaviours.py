@@ -104,3 +104,27 @@ def test_attributes_user_code_probes():
     layer, their_layer = ours.base_model.model.lin0, theirs.base_model.model.lin0
     assert layer._all_available_adapter_names() == their_layer._all_available_adapter_names() == ["a0"]
     assert repr(layer).startswith("lora.Linear(") and repr(their_layer).startswith("lora.Linear(")
+
+
+def test_every_adapter_layer_exposes_in_and_out_features_as_peft():
+    for name, kwargs in (("IA3Config", dict(feedforward_modules=[])), ("LoHaConfig", {}), ("OFTConfig", dict(r=2, oft_block_size=0)),
+                         ("HRAConfig", {}), ("LoraConfig", {})):
+        ours = surgery.get_peft_model(MLP(), getattr(surgery, name)(target_modules=["lin0"], **kwargs))
+        layer = ours.base_model.model.lin0
+        assert (layer.in_features, layer.out_features) == (4, 4), name
+
+
+def test_tuner_flags_and_unsupported_inits_match_peft():
+    for peft_type, tuner in surgery.PEFT_TYPE_TO_TUNER_MAPPING.items():
+        assert tuner.uses_shared_state == peft.PEFT_TYPE_TO_TUNER_MAPPING[peft_type].uses_shared_state, peft_type
+    for init in ("pissa", "pissa_niter_4", "olora", "mica"):
+        peft.LoraConfig(init_lora_weights=init)   # PEFT accepts it; surgery names what it supports instead
+        with pytest.raises(surgery.errors.UnsupportedOptionError, match="supported: True, False, 'gaussian'"):
+            surgery.LoraConfig(init_lora_weights=init)
+
+
+def test_model_card_of_a_custom_model_names_no_base_model(tmp_path):
+    ours = surgery.get_peft_model(MLP(), surgery.LoraConfig(target_modules=["lin0"], base_model_name_or_path="x"))
+    ours.save_pretrained(tmp_path)
+    card = (tmp_path / "README.md").read_text()
+    assert "library_name: peft" in card and "base_model" not in card.split("---")[1]

@@ -12,6 +12,7 @@ from ...config.base import PeftConfig, unsupported_field
 from ...config.enums import PeftType
 from ...config.targets import check_targeting, targeting_field
 from ...config.validation import check_range
+from ...errors import UnsupportedOptionError
 
 LORA_INERT_KEYS = {
     "alora_invocation_tokens": None, "arrow_config": None, "corda_config": None, "ensure_weight_tying": False,
@@ -21,6 +22,10 @@ LORA_INERT_KEYS = {
     "trainable_token_indices": None, "use_bdlora": None, "use_qalora": False, "velora_config": None,
     "runtime_config": None,
 }
+
+
+# PEFT's data-driven or decomposition initialisations (init_lora_weights) that surgery does not implement yet.
+_PEFT_INITS_NOT_SUPPORTED = ("eva", "olora", "pissa", "corda", "loftq", "orthogonal", "mica", "lora_ga")
 
 
 @dataclass
@@ -71,6 +76,13 @@ class LoraConfig(PeftConfig):
     # target_types is resolved into target_modules before saving; runtime_config is run-time only (as PEFT)
     _unsaved_keys = ("target_types", "runtime_config")
     _method = PeftType.LORA
+
+    def __post_init__(self) -> None:
+        init = self.init_lora_weights
+        if isinstance(init, str) and (init in _PEFT_INITS_NOT_SUPPORTED or init.startswith("pissa_niter_")):
+            raise UnsupportedOptionError(f"LoraConfig.init_lora_weights = {init!r}: this PEFT initialisation is not "
+                                         f"supported by surgery yet; supported: True, False, 'gaussian'")
+        super().__post_init__()
 
     def validate(self) -> None:
         name = type(self).__name__

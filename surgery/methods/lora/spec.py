@@ -19,6 +19,7 @@ from .config import LoraConfig
 from .conv import Conv
 from .embedding import Embedding
 from .linear import Linear
+from .mha import MultiheadAttention, added_params as _mha_added_params, refuses as _mha_refuses
 from .model import LoraModel
 
 DEFAULT_TARGETS = LORA_FAMILY   # PEFT's table for this method (methods/default_targets.py)
@@ -43,6 +44,8 @@ HANDLERS = (
     Handler(is_linear_like, Linear, "torch.nn.Linear, transformers.pytorch_utils.Conv1D"),
     Handler(lambda m: isinstance(m, nn.Embedding), Embedding, "torch.nn.Embedding", refuses=_embedding_refuses),
     Handler(is_conv, Conv, "torch.nn.Conv1d/2d/3d", refuses=_conv_refuses),
+    Handler(lambda m: isinstance(m, nn.MultiheadAttention), MultiheadAttention, "torch.nn.MultiheadAttention",
+            refuses=_mha_refuses),
 )
 
 
@@ -61,6 +64,8 @@ def rewrite_params(site: RewriteSite) -> dict:
 def added_params(base: nn.Module, params: dict, config: LoraConfig) -> int:
     """Parameters one LoRA adapter of rank r adds: A and B, plus DoRA's magnitude (one per output row: out
     channels, or embedding_dim) and lora_bias's bias."""
+    if isinstance(base, nn.MultiheadAttention):
+        return _mha_added_params(base, params, config)
     r = params["r"]
     in_f, out_f = in_out_features(base)
     if isinstance(base, nn.Embedding):

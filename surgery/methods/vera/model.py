@@ -9,3 +9,4 @@ class VeraModel(TunerModel):
     """Creates a Vector-based Random Matrix Adaptation (VeRA) model from a pretrained model (PEFT's VeraModel)."""
 
     prefix = "vera_lambda_"   # PEFT's parameter-name prefix for this method
+    uses_shared_state = True   # the projections vera_A / vera_B live here
