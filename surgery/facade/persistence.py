@@ -111,6 +111,8 @@ class PersistenceMixin:
         except Exception:
             self.delete_adapter(adapter_name)
             raise
+        if is_trainable and not self._injected_states():   # as PEFT: trainable though not active yet
+            self.base_model.set_requires_grad(adapter_name, True)
         return result   # (missing_keys, unexpected_keys), as PEFT
 
 

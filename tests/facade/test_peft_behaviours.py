@@ -128,3 +128,14 @@ def test_model_card_of_a_custom_model_names_no_base_model(tmp_path):
     ours.save_pretrained(tmp_path)
     card = (tmp_path / "README.md").read_text()
     assert "library_name: peft" in card and "base_model" not in card.split("---")[1]
+
+
+def test_an_adapter_loaded_trainable_trains_though_not_active_as_peft(tmp_path):
+    theirs, ours = pair()
+    ours.save_pretrained(tmp_path)
+    grads = {}
+    for lib in (peft, surgery):
+        model = lib.PeftModel.from_pretrained(MLP(), str(tmp_path / "a0"), adapter_name="a0", is_trainable=True)
+        model.load_adapter(str(tmp_path / "a0"), adapter_name="other", is_trainable=True)
+        grads[lib.__name__] = {n: p.requires_grad for n, p in model.named_parameters()}
+    assert grads["surgery"] == grads["peft"] and grads["surgery"]["base_model.model.lin0.lora_A.other.weight"]
