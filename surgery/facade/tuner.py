@@ -150,6 +150,13 @@ class TunerModel(nn.Module):
         unknown = [n for n in names if n not in self.peft_config]
         if unknown:
             raise AdapterNameError(f"adapter(s) {unknown} not found; adapters: {list(self.peft_config)}")
+        for fqn, layer in adapter_layers(self.model):   # checked before anything changes
+            holding = [n for n in names if getattr(layer, "_surgery_modules_to_save", False) and
+                       n in layer.modules_to_save]
+            if len(holding) > 1:
+                raise AdapterNameError(f"Only one adapter can be set at a time for ModulesToSaveWrapper at {fqn!r}, "
+                                       f"got {len(holding)} ({holding}): a trained copy replaces the module, so two "
+                                       f"copies cannot both run; activate one of them")
         self.active_adapter = names
         config = self.peft_config[names[0]].copy()
         config.inference_mode = inference_mode

@@ -139,3 +139,11 @@ def test_an_adapter_loaded_trainable_trains_though_not_active_as_peft(tmp_path):
         model.load_adapter(str(tmp_path / "a0"), adapter_name="other", is_trainable=True)
         grads[lib.__name__] = {n: p.requires_grad for n, p in model.named_parameters()}
     assert grads["surgery"] == grads["peft"] and grads["surgery"]["base_model.model.lin0.lora_A.other.weight"]
+
+
+def test_two_active_adapters_with_copies_of_one_module_are_refused_before_any_change():
+    for model, lib in zip(pair(modules_to_save=["lin1"]), (peft, surgery)):
+        model.add_adapter("other", lib.LoraConfig(target_modules=["lin0"], modules_to_save=["lin1"]))
+        with pytest.raises(ValueError, match="Only one adapter can be set at a time for ModulesToSaveWrapper"):
+            model.base_model.set_adapter(["a0", "other"])
+        assert model.active_adapters == ["a0"]
