@@ -63,6 +63,9 @@ class PeftConfig:
                 default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
                 _refuse_unless_default(type(self), f.name, getattr(self, f.name), default)
         self._check_types()
+        for name in ("target_modules", "exclude_modules"):   # as PEFT: a list of names is held as a set
+            if isinstance(getattr(self, name, None), list):
+                setattr(self, name, set(getattr(self, name)))
         if self.task_type is not None:
             if self.task_type not in list(TaskType):   # PEFT's message, which code matches on
                 raise ConfigError(f"Invalid task type: '{self.task_type}'. Must be one of the following task types: "

@@ -94,7 +94,7 @@ def test_get_peft_config_accepts_the_api_reference_dict_exactly_as_written():
     assert data == API_REFERENCE_DICT  # not mutated
     assert cfg.peft_type == surgery.PeftType.LORA and cfg.task_type == surgery.TaskType.SEQ_2_SEQ_LM
     assert (cfg.r, cfg.lora_alpha, cfg.lora_dropout, cfg.target_modules, cfg.bias, cfg.fan_in_fan_out,
-            cfg.inference_mode) == (8, 32, 0.1, ["q", "v"], "none", False, False)
+            cfg.inference_mode) == (8, 32, 0.1, {"q", "v"}, "none", False, False)   # a set, as PEFT
     # and real peft builds the same values from it (peft 0.21.2 itself refuses the legacy `enable_lora` key
     # of its own reference example, so it is dropped for the oracle only)
     theirs = peft.get_peft_config({k: v for k, v in API_REFERENCE_DICT.items() if k != "enable_lora"})
@@ -240,7 +240,7 @@ def test_load_config_from_yaml(tmp_path):
     cfg = surgery.load_config(path)
     assert type(cfg) is surgery.LoraConfig
     assert (cfg.r, cfg.lora_alpha, cfg.target_modules, cfg.layers_to_transform, cfg.task_type) == (
-        16, 32, ["q_proj", "v_proj"], [0, 1], "CAUSAL_LM")
+        16, 32, {"q_proj", "v_proj"}, [0, 1], "CAUSAL_LM")
     assert surgery.load_config(str(path)).to_dict() == cfg.to_dict()
 
 
@@ -285,8 +285,8 @@ def test_yaml_safe_loader_refuses_python_objects(tmp_path):
 def test_load_config_copies_a_config_object():
     cfg = surgery.LoraConfig(r=4, target_modules=["q"])
     loaded = surgery.load_config(cfg)
-    loaded.target_modules.append("v")
-    assert cfg.target_modules == ["q"]
+    loaded.target_modules.add("v")
+    assert cfg.target_modules == {"q"}
 
 
 # -- the user's config is never mutated --------------------------------------------------------------------
