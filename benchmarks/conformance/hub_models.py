@@ -10,8 +10,9 @@ one small data set the model files load (`ybelkada/english_quotes_copy`, a `quot
 The models follow what the tests expect of each id where they check it: the model type and architecture, the
 number of layers (e.g. 5 for the tiny OPT, Bloom, GPT-2 and T5 models, 12 for `opt-125m`, 2 for the tiny Llama),
 the module names (they come from the transformers class), a generation_config.json for causal LMs, one label for
-the tiny Llama sequence classifier, and so on. They are not the Hub's weights: tests that compare against
-recorded numbers cannot pass with them, nor can tests of adapters hosted on the Hub (see HUB_ONLY).
+the tiny Llama sequence classifier, and so on; `gpt2` and `bert-base-uncased` get tiny stand-ins too. They are
+not the Hub's weights: tests that compare against recorded numbers cannot pass with them, nor can tests of
+adapters hosted on the Hub (see HUB_ONLY).
 
 Each repository's commit hash is derived from its spec, so `ensure_hub_cache()` is a few stat calls when the
 cache is current and rebuilds exactly the repositories whose spec changed (a few seconds for all of them).
@@ -28,13 +29,12 @@ HUB = Path(__file__).resolve().parents[2] / ".conformance" / "hub"
 CACHE = HUB / "hub"
 BUILD_VERSION = 1   # bump to rebuild every repository
 
-# Ids the suite loads that only the online Hub can provide (hosted adapters, real checkpoints compared against).
+# Ids the suite loads that are not built here: hosted adapters, and a diffusers pipeline.
 HUB_ONLY = (
     "peft-internal-testing/tiny-OPTForCausalLM-lora",      # a LoRA adapter hosted on the Hub
     "peft-internal-testing/tiny-opt-lora-revision",        # a LoRA adapter with a `test` revision
     "peft-internal-testing/gpt2-lora-random",              # an adapter loaded through transformers' PEFT integration
     "ybelkada/test-st-lora",                               # a hosted adapter config
-    "gpt2",                                                # the real GPT-2 (used next to gpt2-lora-random)
     "hf-internal-testing/tiny-sd-pipe",                    # a diffusers pipeline (not built here)
 )
 
@@ -124,9 +124,10 @@ SPECS: dict[str, dict] = {
     "peft-internal-testing/tiny-random-GPT2LMHeadModel": _spec("GPT2Config", _gpt2(), "GPT2LMHeadModel", _GPT2),
     "hf-internal-testing/tiny-random-gpt2": _spec("GPT2Config", _gpt2(), "GPT2LMHeadModel", _GPT2),
     "peft-internal-testing/tiny-random-gpt2": _spec("GPT2Config", _gpt2(), "GPT2LMHeadModel", _GPT2),
+    "gpt2": _spec("GPT2Config", _gpt2(n_layer=2, vocab_size=_V), "GPT2LMHeadModel", _GPT2),   # a tiny stand-in
     "peft-internal-testing/tiny-random-GPTJForCausalLM": _spec(
         "GPTJConfig", {"vocab_size": 1000, "n_positions": 512, "n_embd": 32, "n_layer": 5, "n_head": 4,
-                       "rotary_dim": 4, "n_inner": 37, "bos_token_id": 0, "eos_token_id": 0},
+                       "rotary_dim": 4, "n_inner": None, "bos_token_id": 0, "eos_token_id": 0},
         "GPTJForCausalLM", _GPT2),
     "trl-internal-testing/tiny-random-LlamaForCausalLM": _spec("LlamaConfig", _llama(), "LlamaForCausalLM", _LLAMA),
     "peft-internal-testing/tiny-random-LlamaForCausalLM": _spec(
@@ -225,6 +226,7 @@ SPECS: dict[str, dict] = {
     # encoders
     "peft-internal-testing/tiny-random-BertModel": _spec(
         "BertConfig", _bert(), "BertModel", _BERT, refs=("main", "v2.0.0")),
+    "bert-base-uncased": _spec("BertConfig", _bert(num_hidden_layers=2), "BertForMaskedLM", _BERT),  # a tiny stand-in
     "peft-internal-testing/tiny-random-RobertaModel": _spec("RobertaConfig", _roberta(), "RobertaModel", _ROBERTA),
     "peft-internal-testing/tiny-random-DebertaModel": _spec(
         "DebertaConfig", _bert(type_vocab_size=0), "DebertaModel", _BERT),

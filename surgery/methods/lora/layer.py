@@ -178,6 +178,10 @@ class LoraLayer(AdapterLayer):
         delta = (self.lora_B[name].weight @ self.lora_A[name].weight) * self.scaling[name]
         return delta.T if self.fan_in_fan_out else delta
 
+    def get_delta_weight(self, adapter: str) -> torch.Tensor:
+        """PEFT's name for delta_weight (user code and PEFT's tests call it); each layer kind's own delta."""
+        return self.delta_weight(adapter)
+
     def _merged_weight(self, weight: torch.Tensor, name: str, sign: int, safe: bool = False) -> torch.Tensor:
         """W with adapter `name` folded in (sign=+1) or taken out (sign=-1); may work in place.
 

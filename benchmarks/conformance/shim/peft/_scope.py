@@ -37,6 +37,8 @@ INTERNALS_WITHOUT_COUNTERPART = (
     "_maybe_include_all_linear_layers", "inspect_matched_modules", "MIN_TARGET_MODULES_FOR_OPTIMIZATION",
     "_get_module_names_tied_with_embedding", "_get_no_split_modules",
     "Bnb8bitBackend", "prepare_model_for_kbit_training",
+    # hot-swapping adapters under torch.compile belongs to issue 13
+    "hotswap_adapter", "prepare_model_for_compiled_hotswap", "hotswap_adapter_from_state_dict",
 )
 
 # Sub-packages of peft.tuners that belong to methods surgery does not have: everything in them is out of scope.
