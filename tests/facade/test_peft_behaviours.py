@@ -147,3 +147,15 @@ def test_two_active_adapters_with_copies_of_one_module_are_refused_before_any_ch
         with pytest.raises(ValueError, match="Only one adapter can be set at a time for ModulesToSaveWrapper"):
             model.base_model.set_adapter(["a0", "other"])
         assert model.active_adapters == ["a0"]
+
+
+def test_lora_scaling_at_run_time_equals_peft():
+    theirs, ours = pair(use_rslora=True, lora_alpha=6, r=4)
+    ours.load_state_dict(theirs.state_dict())
+    x = torch.randn(2, 4)
+    for call in (lambda l: l.set_scale("a0", 0.5), lambda l: l.scale_layer(3.0), lambda l: l.unscale_layer(2.0),
+                 lambda l: l.unscale_layer(), lambda l: l.set_scale("unknown", 9.0)):
+        for model in (theirs, ours):
+            call(model.base_model.model.lin0)
+        assert ours.base_model.model.lin0.scaling == theirs.base_model.model.lin0.scaling
+        torch.testing.assert_close(ours(x), theirs(x), atol=1e-6, rtol=0)

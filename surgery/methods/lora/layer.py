@@ -43,7 +43,7 @@ def uninitialised_linear(in_f: int, out_f: int, bias: bool, device, dtype) -> nn
 class LoraLayer(AdapterLayer):
     adapter_layer_names = ("lora_A", "lora_B", "lora_embedding_A", "lora_embedding_B", "lora_magnitude_vector")
     # use_dora is per adapter too: delete_adapter drops its entry with the others (as PEFT's)
-    other_param_names = ("r", "lora_alpha", "scaling", "lora_dropout", "use_dora")
+    other_param_names = ("r", "lora_alpha", "scaling", "lora_dropout", "use_dora", "initial_scaling")
     dora_drops_input = True            # DoRA's dropout recomputes the base output on dropped x (not Embedding)
     merge_rounds_delta_first = False   # PEFT's Embedding always rounds the delta to the weight dtype first
     lora_embedding_A = lazy_container("lora_embedding_A", nn.ParameterDict)
@@ -62,7 +62,7 @@ class LoraLayer(AdapterLayer):
         self.lora_B: nn.ModuleDict
         self.lora_dropout: nn.ModuleDict
         self.__dict__.update(fan_in_fan_out=fan_in_fan_out, r={}, lora_alpha={}, scaling={}, use_dora={},
-                             in_features=in_f, out_features=out_f)
+                             initial_scaling={}, in_features=in_f, out_features=out_f)
         self.in_features: Optional[int]
         self.out_features: Optional[int]
         self.r: dict[str, int]
@@ -79,7 +79,7 @@ class LoraLayer(AdapterLayer):
         self.lora_alpha[adapter_name] = lora_alpha
         if scaling is None:
             scaling = lora_alpha / math.sqrt(r) if config.use_rslora else lora_alpha / r
-        self.scaling[adapter_name] = scaling
+        self.scaling[adapter_name] = self.initial_scaling[adapter_name] = scaling
         dropout = nn.Dropout(p=config.lora_dropout) if config.lora_dropout > 0 else _NO_DROPOUT
         self.lora_dropout._modules[adapter_name] = dropout  # the name was validated by the planner
         self._new_factors(adapter_name, r, config)
@@ -177,6 +177,24 @@ class LoraLayer(AdapterLayer):
         """s * B @ A in the base weight's layout (transposed when fan_in_fan_out)."""
         delta = (self.lora_B[name].weight @ self.lora_A[name].weight) * self.scaling[name]
         return delta.T if self.fan_in_fan_out else delta
+
+    # -- scaling at run time (PEFT's API) -------------------------------------------------------------
+    def set_scale(self, adapter: str, scale: float) -> None:
+        """Scaling of `adapter` = scale x its initial alpha / r (or alpha / sqrt(r)); unknown adapters are ignored."""
+        if adapter in self.initial_scaling:
+            self.scaling[adapter] = scale * self.initial_scaling[adapter]
+
+    def scale_layer(self, scale: float) -> None:
+        """Multiply the active adapters' scaling by `scale`."""
+        for name in self._active_adapters:
+            if name in self.scaling:
+                self.scaling[name] *= scale
+
+    def unscale_layer(self, scale: Optional[float] = None) -> None:
+        """Divide the active adapters' scaling by `scale`, or (None) reset it to the initial alpha / r."""
+        for name in self._active_adapters:
+            if name in self.scaling:
+                self.scaling[name] = self.initial_scaling[name] if scale is None else self.scaling[name] / scale
 
     def get_delta_weight(self, adapter: str) -> torch.Tensor:
         """PEFT's name for delta_weight (user code and PEFT's tests call it); each layer kind's own delta."""
