@@ -233,6 +233,8 @@ class PeftModel(PersistenceMixin, TrainingMixin, PushToHubMixin, nn.Module):
                 layer._batch_adapters = None
 
     def __getattr__(self, name: str):
+        if "_modules" not in self.__dict__:   # before nn.Module.__init__ (DeepSpeed's init wrapper asks hasattr)
+            raise AttributeError(name)
         try:
             return super().__getattr__(name)
         except AttributeError:

@@ -75,6 +75,8 @@ class TunerModel(nn.Module):
         return self.model(*args, **kwargs)
 
     def __getattr__(self, name: str):
+        if "_modules" not in self.__dict__:   # before nn.Module.__init__ (DeepSpeed's init wrapper asks hasattr)
+            raise AttributeError(name)
         try:
             return super().__getattr__(name)
         except AttributeError:

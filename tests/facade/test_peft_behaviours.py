@@ -159,3 +159,15 @@ def test_lora_scaling_at_run_time_equals_peft():
             call(model.base_model.model.lin0)
         assert ours.base_model.model.lin0.scaling == theirs.base_model.model.lin0.scaling
         torch.testing.assert_close(ours(x), theirs(x), atol=1e-6, rtol=0)
+
+
+def test_attribute_probes_before_init_do_not_recurse(monkeypatch):
+    # DeepSpeed wraps __init__ and calls hasattr(self, ...) before nn.Module.__init__ has run (PEFT #1892)
+    original = surgery.PeftModel.__init__
+
+    def wrapped(self, *args, **kwargs):
+        assert not hasattr(self, "anything")
+        original(self, *args, **kwargs)
+
+    monkeypatch.setattr(surgery.PeftModel, "__init__", wrapped)
+    assert surgery.PeftModel(MLP(), surgery.LoraConfig(target_modules=["lin0"])).active_adapters == ["default"]
