@@ -37,11 +37,18 @@ def check_targeting(config) -> None:
     target = getattr(config, "target_modules", None)
     layers = getattr(config, "layers_to_transform", None)
     pattern = getattr(config, "layers_pattern", None)
+    # PEFT's words first (code matches on them), then the values and what to do
     if isinstance(target, str) and layers is not None:
-        raise ConfigError(f"{name}.layers_to_transform = {layers!r} cannot be used when target_modules is a regex "
-                          f"({target!r}); list module names instead")
+        raise ConfigError(f"`layers_to_transform` cannot be used when `target_modules` is a str. "
+                          f"({name}.layers_to_transform = {layers!r}, target_modules = {target!r}, a regex: "
+                          f"list module names instead)")
+    if isinstance(target, str) and pattern:
+        raise ConfigError(f"`layers_pattern` cannot be used when `target_modules` is a str. "
+                          f"({name}.layers_pattern = {pattern!r}, target_modules = {target!r}, a regex: "
+                          f"list module names instead)")
     if pattern and layers is None:
-        raise ConfigError(f"{name}.layers_pattern = {pattern!r} needs layers_to_transform")
+        raise ConfigError(f"When `layers_pattern` is specified, `layers_to_transform` must also be specified. "
+                          f"({name}.layers_pattern = {pattern!r})")
     if isinstance(layers, int):
         check_range(name, "layers_to_transform", layers, low=0)
     elif layers:

@@ -28,7 +28,7 @@ BAD_CONFIGS = [
     (dict(bias="lora_only"), r"bias = 'lora_only' has type str; expected one of 'none', 'all', 'boft_only'"),
     (dict(init_weights="gaussian"), r"init_weights = 'gaussian' has type str; expected bool"),
     (dict(boft_block_size=4.0), r"boft_block_size = 4.0 has type float; expected int"),
-    (dict(layers_pattern="layers"), r"layers_pattern = 'layers' needs layers_to_transform"),
+    (dict(layers_pattern="layers"), r"layers_pattern. is specified, .layers_to_transform. must also be specified. \(BOFTConfig.layers_pattern = 'layers'"),
 ]
 
 
