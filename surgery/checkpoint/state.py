@@ -151,6 +151,11 @@ def set_peft_model_state_dict(model, peft_model_state_dict: dict, adapter_name: 
         targets[key], by_ckpt[key] = weight, key
     missing = [k for k in by_ckpt if k not in peft_model_state_dict and not k.endswith(".bias")]
     unexpected = [k for k in peft_model_state_dict if k not in by_ckpt]
+    if unexpected:   # as PEFT (a non-strict load): a key naming a tensor of the model loads into it, e.g. the base
+        present = model.state_dict(keep_vars=True)   # biases an adapter trained with bias="all" saved
+        for key in [k for k in unexpected if k in present]:
+            targets[key], by_ckpt[key] = present[key], key
+        unexpected = [k for k in unexpected if k not in by_ckpt]
     if unexpected:   # as PEFT: loaded around, reported (a missing key stays an error: it would train from noise)
         warnings.warn(f"the checkpoint has {len(unexpected)} key(s) the model has no place for, e.g. "
                       f"{unexpected[0]!r}; they are not loaded (was it saved for another base model or config?)",

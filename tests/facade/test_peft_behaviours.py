@@ -171,3 +171,18 @@ def test_attribute_probes_before_init_do_not_recurse(monkeypatch):
 
     monkeypatch.setattr(surgery.PeftModel, "__init__", wrapped)
     assert surgery.PeftModel(MLP(), surgery.LoraConfig(target_modules=["lin0"])).active_adapters == ["default"]
+
+
+def test_saved_base_biases_load_into_a_model_whose_config_trains_none_as_peft():
+    results = []
+    for lib in (peft, surgery):
+        torch.manual_seed(0)
+        trained = lib.get_peft_model(MLP(), lib.LoraConfig(target_modules=["lin0"], bias="all"))
+        with torch.no_grad():
+            trained.base_model.model.lin0.base_layer.bias.fill_(1.23)
+        state = lib.get_peft_model_state_dict(trained)
+        torch.manual_seed(0)
+        fresh = lib.get_peft_model(MLP(), lib.LoraConfig(target_modules=["lin0"]))
+        lib.set_peft_model_state_dict(fresh, state)
+        results.append(fresh.base_model.model.lin0.base_layer.bias.detach().clone())
+    assert torch.equal(results[0], results[1]) and torch.all(results[1] == 1.23)
