@@ -39,7 +39,7 @@ def inject_adapter_in_model(peft_config: PeftConfig, model: nn.Module, adapter_n
     Methods that add inputs (prompt learning) or share state across layers (VeRA) need get_peft_model."""
     spec = get_method(peft_config.peft_type)
     if spec.injector is not None or spec.shared_state is not None:
-        why = "adds inputs, not layers" if spec.injector is not None else "shares state across its layers"
+        why = "adds inputs, not layers" if spec.injector is not None else "uses shared state across its layers"
         raise PlanError(f"inject_adapter_in_model: {spec.label} {why}, which lives on a PeftModel; use "
                         f"get_peft_model(model, config) instead")
     spec.tuner_cls(model, peft_config, adapter_name, low_cpu_mem_usage=low_cpu_mem_usage, state_dict=state_dict)

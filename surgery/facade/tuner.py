@@ -67,7 +67,7 @@ class TunerModel(nn.Module):
         self.__dict__["_active"] = [adapter_name]
         if injects:
             self.peft_config[adapter_name] = peft_config
-            self.inject_adapter(model, adapter_name, state_dict=state_dict)
+            self.inject_adapter(model, adapter_name, low_cpu_mem_usage=low_cpu_mem_usage, state_dict=state_dict)
             # as PEFT: the injected model carries its configs, so get_peft_model_state_dict(model) works on it
             model.peft_config = self.peft_config
 
@@ -144,6 +144,8 @@ class TunerModel(nn.Module):
         if first:
             self.active_adapter = adapter_name
         mark_trainable(self.model, resolved, self.active_adapters, plan.paths())
+        if low_cpu_mem_usage:   # as PEFT: the new adapter's tensors wait on the meta device for a state dict
+            _adapter_to_meta(self.model, adapter_name)
 
     def set_adapter(self, adapter_name: Union[str, list[str]], inference_mode: bool = False,
                     inhibit_same_adapter_change: bool = False) -> None:
@@ -256,6 +258,22 @@ class TunerModel(nn.Module):
     def disable_adapter_layers(self) -> None:
         for _, layer in adapter_layers(self.model):
             layer.enable_adapters(False)
+
+
+def _adapter_to_meta(model: nn.Module, adapter_name: str) -> None:
+    """Put one adapter's parameters on the meta device (shape and requires_grad kept); load_state_dict with
+    assign=True, or a checkpoint load, gives them values."""
+    for _, layer in adapter_layers(model):
+        if getattr(layer, "_surgery_modules_to_save", False):
+            continue
+        for _, holder in layer.adapter_containers():
+            if adapter_name not in holder:
+                continue
+            value = holder[adapter_name]
+            if isinstance(value, nn.Parameter):
+                holder[adapter_name] = nn.Parameter(value.to("meta"), requires_grad=value.requires_grad)
+            elif isinstance(value, nn.Module):
+                value.to("meta")
 
 
 def _modules_named_by(state_dict: dict, prefix: str) -> list[str]:

@@ -176,3 +176,14 @@ def test_from_pretrained_keeps_the_config_passed_in_and_load_adapter_reports_key
     assert loaded.peft_config["default"] is config and config.inference_mode
     result = loaded.load_adapter(str(tmp_path), "again")
     assert result.missing_keys == [] and result.unexpected_keys == []
+
+
+def test_inject_with_low_cpu_mem_usage_leaves_the_adapter_on_meta_as_peft():
+    theirs = peft.inject_adapter_in_model(peft.LoraConfig(target_modules=["q_proj"]), tm.tiny_llama(),
+                                          low_cpu_mem_usage=True)
+    ours = surgery.inject_adapter_in_model(surgery.LoraConfig(target_modules=["q_proj"]), tm.tiny_llama(),
+                                           low_cpu_mem_usage=True)
+    meta = lambda m: sorted(n for n, p in m.named_parameters() if p.device.type == "meta")   # noqa: E731
+    assert meta(ours) == meta(theirs) and meta(ours)
+    with pytest.raises(ValueError, match="shared state.*get_peft_model"):
+        surgery.inject_adapter_in_model(surgery.VeraConfig(target_modules=["q_proj"]), tm.tiny_llama())
