@@ -179,10 +179,25 @@ def set_peft_model_state_dict(model, peft_model_state_dict: dict, adapter_name: 
         for ckpt_key, tensor in bar(list(peft_model_state_dict.items()), desc=f"loading adapter {adapter_name}",
                                     min_items=PROGRESS_MIN_TENSORS):
             target = targets[by_ckpt[ckpt_key]]
-            if target.device.type == "meta":
-                raise CheckpointError(f"{ckpt_key} lives on the meta device; materialise the model first")
+            if target.device.type == "meta":   # an adapter injected with low_cpu_mem_usage: the tensor is assigned
+                _assign(model, by_ckpt[ckpt_key], tensor.to(dtype=target.dtype))
+                continue
             target.copy_(tensor.to(dtype=target.dtype))
     return _LoadResult([], [k.removeprefix(plain) for k in unexpected])
+
+
+def _assign(model, key: str, value: torch.Tensor) -> None:
+    """Replace the meta-device tensor at model key `key` by `value` (a new Parameter, requires_grad kept)."""
+    if isinstance(model, _InjectedView):
+        root, key = model.base_model.model, key.removeprefix(_InjectedView.PREFIX)
+    else:
+        root = model
+    path, _, name = key.rpartition(".")
+    module = root.get_submodule(path)
+    old = module._parameters.get(name)
+    if old is None:
+        raise CheckpointError(f"{key} lives on the meta device and is not a parameter; materialise the model first")
+    module._parameters[name] = nn.Parameter(value.clone(), requires_grad=old.requires_grad)
 
 
 def _method_entries(model, adapter_name: str) -> Optional[dict]:

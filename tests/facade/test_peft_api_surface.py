@@ -187,3 +187,15 @@ def test_inject_with_low_cpu_mem_usage_leaves_the_adapter_on_meta_as_peft():
     assert meta(ours) == meta(theirs) and meta(ours)
     with pytest.raises(ValueError, match="shared state.*get_peft_model"):
         surgery.inject_adapter_in_model(surgery.VeraConfig(target_modules=["q_proj"]), tm.tiny_llama())
+
+
+def test_a_checkpoint_fills_an_adapter_injected_on_meta():
+    _, source = both()
+    state = {k: v for k, v in surgery.get_peft_model_state_dict(source).items() if "lora_" in k}
+    model = surgery.inject_adapter_in_model(surgery.LoraConfig(r=4, target_modules=["q_proj", "v_proj"]),
+                                            tm.tiny_llama(), low_cpu_mem_usage=True)
+    surgery.set_peft_model_state_dict(model, {k.removeprefix("base_model.model."): v for k, v in state.items()})
+    assert all(p.device.type == "cpu" for p in model.parameters())
+    layer = model.model.layers[0].self_attn.q_proj
+    assert torch.equal(layer.lora_A["default"].weight, source.base_model.model.model.layers[0].self_attn.q_proj
+                       .lora_A["default"].weight)

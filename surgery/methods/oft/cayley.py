@@ -19,9 +19,11 @@ import torch
 
 @functools.lru_cache(maxsize=None)
 def _upper_positions(block_size: int, device: torch.device) -> torch.Tensor:
-    """Flat positions i * b + j of the strict upper triangle, in torch.triu_indices order (PEFT's packing)."""
-    rows, cols = torch.triu_indices(block_size, block_size, 1)
-    return (rows * block_size + cols).to(device)
+    """Flat positions i * b + j of the strict upper triangle, in torch.triu_indices order (PEFT's packing).
+    Made outside inference mode: a cached inference tensor could not be saved for a later backward."""
+    with torch.inference_mode(False):
+        rows, cols = torch.triu_indices(block_size, block_size, 1)
+        return (rows * block_size + cols).to(device)
 
 
 def skew(packed: torch.Tensor, block_size: int) -> torch.Tensor:
