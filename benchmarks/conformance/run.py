@@ -80,7 +80,7 @@ def run_side(side: str, files, keyword: str | None, jobs: int, only: Path | None
         env["CONFORMANCE_ONLY"] = str(only)
     cmd = [sys.executable, "-m", "pytest", "-q", "-p", "conformance_plugin", "-c", str(SUITE / "pytest.ini"),
            "--rootdir", str(SUITE), "-o", "console_output_style=count", "-W", "ignore::DeprecationWarning",
-           *([f"-n{jobs}"] if jobs > 1 else []), *([f"-k", keyword] if keyword else []),
+           *([f"-n{jobs}"] if jobs > 1 else []), *(["-k", keyword] if keyword else []),
            *[f"peft_suite/{f}" for f in files]]
     print(f"[{side}] {' '.join(cmd[3:])}", flush=True)
     subprocess.run(cmd, cwd=SUITE, env=env, stdout=subprocess.DEVNULL if not os.environ.get("CONFORMANCE_VERBOSE")
