@@ -126,10 +126,12 @@ SPECS: dict[str, dict] = {
     "peft-internal-testing/tiny-random-gpt2": _spec("GPT2Config", _gpt2(), "GPT2LMHeadModel", _GPT2),
     "gpt2": _spec("GPT2Config", _gpt2(n_layer=2, vocab_size=_V), "GPT2LMHeadModel", _GPT2),   # a tiny stand-in
     "peft-internal-testing/tiny-random-GPTJForCausalLM": _spec(
-        "GPTJConfig", {"vocab_size": 1000, "n_positions": 512, "n_embd": 32, "n_layer": 5, "n_head": 4,
+        "GPTJConfig", {"vocab_size": 1000, "n_positions": 512, "n_embd": 16, "n_layer": 5, "n_head": 2,
                        "rotary_dim": 4, "n_inner": None, "bos_token_id": 0, "eos_token_id": 0},
         "GPTJForCausalLM", _GPT2),
-    "trl-internal-testing/tiny-random-LlamaForCausalLM": _spec("LlamaConfig", _llama(), "LlamaForCausalLM", _LLAMA),
+    # no GQA here: the weighted-combination tests mix adapters of q_proj and k_proj shapes
+    "trl-internal-testing/tiny-random-LlamaForCausalLM": _spec(
+        "LlamaConfig", _llama(num_key_value_heads=4), "LlamaForCausalLM", _LLAMA),
     "peft-internal-testing/tiny-random-LlamaForCausalLM": _spec(
         "LlamaConfig", _llama(hidden_size=32, intermediate_size=37, num_key_value_heads=4), "LlamaForCausalLM",
         _LLAMA),
@@ -137,8 +139,9 @@ SPECS: dict[str, dict] = {
         "MistralConfig", _llama(hidden_size=32, intermediate_size=37, sliding_window=4096), "MistralForCausalLM",
         _LLAMA),
     "peft-internal-testing/tiny-dummy-qwen2": _spec(
-        "Qwen2Config", {"vocab_size": _V, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
-                        "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 512,
+        # small (hidden 16, 2 heads sharing 1 KV head): the LoRA-conversion tests use rank 4 for it
+        "Qwen2Config", {"vocab_size": _V, "hidden_size": 16, "intermediate_size": 64, "num_hidden_layers": 2,
+                        "num_attention_heads": 2, "num_key_value_heads": 1, "max_position_embeddings": 512,
                         "eos_token_id": 0, "pad_token_id": 0, "bos_token_id": None, "tie_word_embeddings": True},
         "Qwen2ForCausalLM", _QWEN),
     "trl-internal-testing/tiny-Qwen3ForCausalLM": _spec(
@@ -238,7 +241,7 @@ SPECS: dict[str, dict] = {
         "RobertaConfig", _roberta(num_labels=2), "RobertaForSequenceClassification", _ROBERTA),
     "trl-internal-testing/tiny-LlamaForSequenceClassification-3.2": _spec(
         # its head has a single output (the tests then treat it as a regression)
-        "LlamaConfig", _llama(intermediate_size=32, num_labels=1, tie_word_embeddings=True, bos_token_id=1,
+        "LlamaConfig", _llama(hidden_size=32, num_labels=1, tie_word_embeddings=True, bos_token_id=1,
                               eos_token_id=2),
         "LlamaForSequenceClassification", _LLAMA),
     "peft-internal-testing/tiny-clip-text-2": _spec(
@@ -370,7 +373,7 @@ def _write_model(repo_id: str, spec: dict, folder: Path) -> None:
 
 def _vocab_size(config) -> int:
     text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
-    return int(getattr(text_config, "vocab_size"))
+    return int(text_config.vocab_size)
 
 
 def _write_tokenizer(spec: dict, config, folder: Path) -> None:
@@ -391,7 +394,7 @@ def _corpus(seed: int = 0) -> list[str]:
 
     global _WORDS
     rng = random.Random(seed)
-    common = ("the of and to a in is it you that he was for on are with as I his they be at one have this from or "
+    common = ("the of and to a in is it you that he was for on are with as I his they be at one have this from or "  # noqa: SIM905
               "had by not word but what some we can out other were all there when up use your how said an each she "
               "which do their time if will way about many then them write would like so these her long make thing "
               "see him two has look more day could go come did number sound no most people my over know water than "
@@ -418,7 +421,14 @@ _TOKENIZERS: dict = {}
 
 def _bpe_tokenizer(vocab_size: int, layout: dict):
     """A byte-level BPE tokenizer (any text encodes) with the layout's special tokens at ids 0..n-1."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from tokenizers import (
+        Tokenizer,
+        decoders,
+        models,
+        pre_tokenizers,
+        processors,
+        trainers,
+    )
 
     key = (vocab_size, json.dumps(layout, sort_keys=True))
     if key in _TOKENIZERS:
