@@ -36,7 +36,7 @@ def _original_key(key: str, wrappers: dict[str, nn.Module]) -> Optional[str]:
             continue
         inner = "original_module" if getattr(layer, "_surgery_modules_to_save", False) else "base_layer"
         if i >= len(parts) or parts[i] != inner:
-            return None   # an adapter's parameter (lora_A..., modules_to_save.<adapter>...)
+            return None   # an adapter's parameter (a container entry, modules_to_save.<adapter>...)
         i += 1            # drop the wrapper's infix
     return ".".join(out)
 
