@@ -24,6 +24,7 @@ from .facade.tasks import (
     get_peft_model,
 )
 from .integrations.allocator import tune_cpu_allocator
+from .integrations.kbit import prepare_model_for_kbit_training
 from .methods.registry import peft_type_mappings as _peft_type_mappings
 from .methods.registry import public_names as _method_names
 from .plan.model import Plan, Rewrite
@@ -39,7 +40,7 @@ __all__ = sorted([
     "MODEL_TYPE_TO_PEFT_MODEL_MAPPING", "NoMatchingPeftModuleError", "PEFT_TYPE_TO_CONFIG_MAPPING",
     "PEFT_TYPE_TO_PREFIX_MAPPING", "PEFT_TYPE_TO_TUNER_MAPPING", "PeftConfig", "PeftError", "PeftModel", "PeftWarning",
     "TunerLayerStatus", "TunerModelStatus", "get_base_model_state_dict", "get_layer_status", "get_model_status",
-    "inject_adapter_in_model", "set_base_model_state_dict",
+    "inject_adapter_in_model", "prepare_model_for_kbit_training", "set_base_model_state_dict",
     "PeftModelForCausalLM", "PeftModelForFeatureExtraction", "PeftModelForQuestionAnswering",
     "PeftModelForSeq2SeqLM", "PeftModelForSequenceClassification", "PeftModelForTokenClassification",
     "PeftType", "Plan", "Rewrite", "SurgeryError", "TaskType", "apply_rules", "get_peft_config",

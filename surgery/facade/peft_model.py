@@ -13,6 +13,7 @@ names no method: what differs between methods is in their specs.
 """
 from __future__ import annotations
 
+import functools
 import contextlib
 import warnings
 from typing import Optional, Union
@@ -23,7 +24,8 @@ from transformers.utils import PushToHubMixin
 
 from ..config.base import PeftConfig
 from ..errors import AdapterNameError, ConfigError, ConfigTypeError, MethodAttributeError, PeftWarning
-from ..methods.registry import exposed_by, get_method
+from ..quantized import stored_numel
+from ..methods.registry import exposed_by, get_method, model_api
 from ..naming import BASE_NAME, validate_adapter_name
 from ..plan.model import Plan, trainable_line
 from ..rewrite.trainable import adapter_layers
@@ -246,6 +248,9 @@ class PeftModel(PersistenceMixin, TrainingMixin, PushToHubMixin, nn.Module):
             try:
                 return getattr(self.base_model, name)
             except AttributeError:
+                api = model_api().get(name)   # PEFT's model-wide calls that a method owns
+                if api is not None:
+                    return functools.partial(api, self)
                 owners = exposed_by(name)
                 if not owners:
                     raise
@@ -274,8 +279,9 @@ class PeftModel(PersistenceMixin, TrainingMixin, PushToHubMixin, nn.Module):
     def get_nb_trainable_parameters(self) -> tuple[int, int]:
         trainable = total = 0
         for p in self.parameters():
-            total += p.numel()
-            trainable += p.numel() if p.requires_grad else 0
+            count = stored_numel(p)   # a 4-bit weight counts its unpacked values, as PEFT
+            total += count
+            trainable += count if p.requires_grad else 0
         return trainable, total
 
     def print_trainable_parameters(self) -> None:
@@ -307,9 +313,11 @@ class PeftModel(PersistenceMixin, TrainingMixin, PushToHubMixin, nn.Module):
                 raise ConfigError(f"{what}: {config.peft_type.value} cannot be merged: {spec.merge_refusal}")
 
     def merge_and_unload(self, progressbar: bool = False, safe_merge: bool = False,
-                         adapter_names: Optional[list[str]] = None) -> nn.Module:
+                         adapter_names: Optional[list[str]] = None, dequantize: bool = False) -> nn.Module:
+        """Merge the adapters into the base weights and return the base model. `dequantize=True` (not in PEFT):
+        a quantized base is first made full precision, so the merge rounds nothing (see rewrite/merge.py)."""
         self._refuse_merge("merge_and_unload")
-        return self.base_model.merge_and_unload(progressbar, safe_merge, adapter_names)
+        return self.base_model.merge_and_unload(progressbar, safe_merge, adapter_names, dequantize=dequantize)
 
     def unload(self) -> nn.Module:
         for state in self._injected_states():

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from ..errors import SurgeryError
+from ..quantized import stored_numel
 from ..rewrite.trainable import adapter_layers
 
 Irregular = Literal["irregular"]
@@ -116,7 +117,8 @@ def get_model_status(model: nn.Module) -> TunerModelStatus:
     """The model-wide summary of get_layer_status, with "irregular" where layers disagree."""
     layers = get_layer_status(model)
     params = list(model.parameters())
-    trainable, total = sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params)
+    trainable = sum(stored_numel(p) for p in params if p.requires_grad)
+    total = sum(stored_numel(p) for p in params)
     if _is_peft_model(model):
         base_type, adapter_type = type(model.get_base_model()).__name__, type(model.base_model).__name__
         peft_types = {k: c.peft_type.value for k, c in model.peft_config.items()}

@@ -29,10 +29,31 @@ def _checkpointing_flag_set(model) -> bool:
     return False
 
 
+_QUANTIZED_FLAGS = ("is_loaded_in_8bit", "is_loaded_in_4bit", "is_quantized")
+
+
+def _mark_input_grads(model) -> None:
+    """The require-grad fix on `model`'s input embeddings (idempotent)."""
+    if getattr(model, "_require_grads_hooks", None):
+        return
+    if hasattr(model, "enable_input_require_grads") and hasattr(model, "get_input_embeddings"):
+        model.enable_input_require_grads()  # transformers: every input embedding of the model
+        return
+    embeddings = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    if embeddings is not None:
+        model._require_grads_hooks = [embeddings.register_forward_hook(_outputs_require_grad)]
+
+
 class TrainingMixin:
+    def prepare_model_for_gradient_checkpointing(self, model) -> None:
+        """PEFT's: unless `model` is quantized (prepare_model_for_kbit_training handles those), make its input
+        embeddings' output require grad, so checkpointed blocks reach the adapters."""
+        if not any(getattr(model, flag, False) for flag in _QUANTIZED_FLAGS):
+            _mark_input_grads(model)
+
     def _prepare_for_gradient_checkpointing(self, model) -> None:
         """As PEFT at wrap time: a model with checkpointing already on (or one that cannot tell) gets the fix."""
-        if any(getattr(model, flag, False) for flag in ("is_loaded_in_8bit", "is_loaded_in_4bit", "is_quantized")):
+        if any(getattr(model, flag, False) for flag in _QUANTIZED_FLAGS):
             return
         if hasattr(type(model), "is_activation_checkpointing"):   # transformers >= 5
             on = _checkpointing_flag_set(model)
@@ -43,15 +64,7 @@ class TrainingMixin:
 
     def enable_input_require_grads(self) -> None:
         """Make the input embeddings' output require grad, so checkpointed blocks reach the adapters (idempotent)."""
-        base = self.get_base_model()
-        if getattr(base, "_require_grads_hooks", None):
-            return
-        if hasattr(base, "enable_input_require_grads") and hasattr(base, "get_input_embeddings"):
-            base.enable_input_require_grads()  # transformers: every input embedding of the model
-            return
-        embeddings = base.get_input_embeddings() if hasattr(base, "get_input_embeddings") else None
-        if embeddings is not None:
-            base._require_grads_hooks = [embeddings.register_forward_hook(_outputs_require_grad)]
+        _mark_input_grads(self.get_base_model())
 
     def disable_input_require_grads(self) -> None:
         base = self.get_base_model()

@@ -7,6 +7,7 @@ subclass (PEFT's `<Method>Model`) in its spec: the class PEFT users see and chec
 """
 from __future__ import annotations
 
+import functools
 from typing import Optional, Union
 
 import torch
@@ -14,7 +15,7 @@ from torch import nn
 
 from ..config.base import PeftConfig
 from ..errors import AdapterNameError, PlanError
-from ..methods.registry import get_method
+from ..methods.registry import get_method, model_api
 from ..naming import validate_adapter_name
 from ..plan.model import Plan
 from ..plan.planner import plan_with_config
@@ -82,7 +83,8 @@ class TunerModel(nn.Module):
         except AttributeError:
             if name == "model":
                 raise
-            return getattr(self.model, name)
+            api = model_api().get(name)   # PEFT's model-wide calls that a method owns
+            return functools.partial(api, self) if api is not None else getattr(self.model, name)
 
     # -- adapters ----------------------------------------------------------------------------------------
     @property
@@ -238,9 +240,12 @@ class TunerModel(nn.Module):
                 and (holder.persistent(adapter_name) or not persistent_only)}
 
     # -- merge, unload, on and off ---------------------------------------------------------------------
-    def merge_and_unload(self, progressbar: bool = False, safe_merge: bool = False, adapter_names=None):
+    def merge_and_unload(self, progressbar: bool = False, safe_merge: bool = False, adapter_names=None,
+                         dequantize: bool = False):
+        """PEFT's merge_and_unload; `dequantize=True` (ours) first turns quantized bases into full-precision
+        layers, so the merged model equals the adapted one instead of being rounded back to 4 / 8 bits."""
         return unload(self.model, merge=True, safe_merge=safe_merge, adapter_names=adapter_names,
-                      progress=progressbar)
+                      progress=progressbar, dequantize=dequantize)
 
     def unload(self):
         return unload(self.model, merge=False)

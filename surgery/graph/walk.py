@@ -14,6 +14,8 @@ from typing import Optional
 import networkx as nx
 from torch import nn
 
+from ..quantized import stored_numel
+
 _LAYER_INDEX = re.compile(r".*?\.[^.]*\.(?P<idx>\d+)\.")
 
 
@@ -68,13 +70,13 @@ def module_graph(model: nn.Module) -> nx.DiGraph:
         params = [(p_name, p) for p_name, p in module._parameters.items() if p is not None]
         for _, p in params:
             owners.setdefault(id(p), []).append(name)
-            numels[id(p)] = p.numel()
+            numels[id(p)] = stored_numel(p)
         whole = whole and not is_adapter_layer(module)
         parent, _, last = name.rpartition(".")
         # A new layer index can only appear at a numbered segment; elsewhere a module has its parent's.
         indexes[name] = (layer_index(name) if last.isdigit() else indexes[parent]) if name else None
         nodes.append((name, {"type": type(module).__name__, "module": module,
-                             "params": sum(p.numel() for _, p in params), "shapes": {k: tuple(p.shape) for k, p in params},
+                             "params": sum(stored_numel(p) for _, p in params), "shapes": {k: tuple(p.shape) for k, p in params},
                              "layer_index": indexes[name], "tied_with": ()}))
         if name:
             edges.append((parent, name))

@@ -18,6 +18,7 @@ from torch import nn
 
 from ..errors import AdapterNameError
 from ..graph.kinds import in_out_features
+from ..quantized import backend_of
 
 
 def lazy_container(name: str, factory: Callable[[], nn.Module]) -> property:
@@ -82,6 +83,33 @@ class AdapterLayer(nn.Module):
     @property
     def bias(self):
         return self.get_base_layer().bias
+
+    # -- the base weight as a dense tensor (quantized bases: surgery/quantized) ----------------------------
+    def dense_base_weight(self) -> torch.Tensor:
+        """The base weight in its own layout as a plain tensor: the parameter's data, or for a quantized base
+        its dequantized copy (in the dtype the base computes in)."""
+        base = self.get_base_layer()
+        backend = backend_of(base)
+        return base.weight.data if backend is None else backend.dequantize(base)
+
+    def store_base_weight(self, weight: torch.Tensor) -> None:
+        """Make `weight` the base weight (a merge's result); a quantized base stores it requantized."""
+        base = self.get_base_layer()
+        backend = backend_of(base)
+        if backend is not None:
+            backend.requantize(base, weight)
+            # what storing it quantized cost: the merge reports it (rewrite/merge.py)
+            error = (backend.dequantize(base).to(weight.dtype) - weight).float()
+            self.__dict__["_requantize_error"] = (backend.name, error.abs().max().item(),
+                                                  error.norm().item(), weight.float().norm().item())
+        elif weight is not base.weight.data:
+            base.weight.data = weight
+
+    def base_float_dtype(self) -> torch.dtype:
+        """The dtype adapters are built in: the base weight's, or for a quantized base torch's default (as PEFT:
+        its factors are created float32 and only moved to the base's device)."""
+        weight = self.get_base_layer().weight
+        return weight.dtype if weight.is_floating_point() else torch.get_default_dtype()
 
     @property
     def active_adapters(self) -> list[str]:
@@ -172,6 +200,11 @@ class AdapterLayer(nn.Module):
             if adapter_name in holder:
                 del holder[adapter_name]
         self._active_adapters = [n for n in self._active_adapters if n != adapter_name]
+
+    def supports_lora_conversion(self, adapter_name: str = "default") -> bool:
+        """Whether convert_to_lora can express this layer's adapter as LoRA: layers whose adapter adds a
+        weight delta (W' = W + ΔW, PEFT's criterion) say True; the rest cannot."""
+        return False
 
     # -- merge protocol (method-specific parts) --------------------------------------------------------
     def merge(self, safe_merge: bool = False, adapter_names=None) -> None:  # pragma: no cover - abstract

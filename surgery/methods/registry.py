@@ -5,7 +5,9 @@ use; `public_names` gathers what each method package exports (its config class, 
 """
 from __future__ import annotations
 
+import functools
 import importlib
+from typing import Callable
 
 from ..config.enums import PeftType
 from ..errors import ConfigError
@@ -48,6 +50,16 @@ def implemented_types() -> list[PeftType]:
 def exposed_by(attribute: str) -> list[PeftType]:
     """The methods whose injected state gives a PeftModel this attribute (e.g. get_prompt: prompt learning)."""
     return [t for t in _SPECS if get_method(t).injector is not None and attribute in get_method(t).injector.exposed]
+
+
+@functools.lru_cache(maxsize=None)
+def model_api() -> dict[str, Callable]:
+    """{name: fn(model, ...)}: calls PEFT offers on every PeftModel and tuner that one method owns (its spec's
+    model_api), e.g. whether the adapters convert to that method."""
+    out: dict[str, Callable] = {}
+    for peft_type in _SPECS:
+        out.update(get_method(peft_type).model_api)
+    return out
 
 
 def public_names() -> dict[str, object]:

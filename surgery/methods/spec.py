@@ -25,6 +25,7 @@ from torch import nn
 
 from ..config.enums import PeftType
 from ..errors import PlanError
+from ..quantized import backend_of
 
 
 @dataclass(frozen=True)
@@ -36,6 +37,9 @@ class Handler:
     label: str                                             # for error messages: "torch.nn.Linear"
     # (base, config, fqn) -> None, or why this configuration cannot wrap that module (the PlanError text)
     refuses: Optional[Callable[[nn.Module, Any, str], Optional[str]]] = None
+    # the quantized base type this row wraps (surgery/quantized); quantized bases match only such rows, so a
+    # method without one refuses them (bitsandbytes' layers subclass nn.Linear: a plain row would take them)
+    backend: Any = None
 
 
 @dataclass
@@ -94,6 +98,8 @@ class MethodSpec:
     planner: Optional[Callable] = None          # (model, config, adapter_name, saved) -> Plan
     injector: Optional[type] = None             # an InjectedState subclass
     follows_ties: bool = False                  # modules tied to a target are rewritten with it (no split warning)
+    # {name: fn(model, ...)}: PEFT calls on every PeftModel / tuner that this method owns (methods/registry.py)
+    model_api: dict = field(default_factory=dict)
     # `surgery inspect`: the rank of one module's adapter from its checkpoint tensors ({container: tensor})
     checkpoint_rank: Optional[Callable[[dict], int]] = None
 
@@ -104,13 +110,21 @@ class MethodSpec:
 
     def handler_for(self, base: nn.Module, config, fqn: str) -> Handler:
         """The handler that wraps `base`, or a PlanError naming the module and what the method supports."""
+        backend = backend_of(base)
         for handler in self.handlers:
-            if handler.accepts(base):
+            if handler.backend is backend and handler.accepts(base):
                 reason = handler.refuses(base, config, fqn) if handler.refuses is not None else None
                 if reason:
                     raise PlanError(reason)
                 return handler
-        supported = ", ".join(dict.fromkeys(h.label for h in self.handlers)) or "none"
+        if backend is not None:
+            rows = [h.label for h in self.handlers if h.backend is not None]
+            raise PlanError(f"target module {fqn!r} is a quantized {backend.label} ({backend.name}), which "
+                            f"{self.label} cannot wrap: " + (f"its quantized layers are {', '.join(rows)}. " if rows
+                                                             else "it has no adapter layer for quantized bases. ")
+                            + "Exclude the module (exclude_modules), use a method that wraps quantized layers "
+                              "(docs/quantization.md), or load the base without quantization")
+        supported = ", ".join(dict.fromkeys(h.label for h in self.handlers if h.backend is None)) or "none"
         raise PlanError(f"target module {fqn!r} is a {type(base).__name__}, which {self.label} cannot "
                         f"wrap; supported: {supported}. Narrow target_modules (or exclude_modules) to those layers.")
 

@@ -14,6 +14,7 @@ from torch import nn
 from ..config.base import PeftConfig
 from ..config.loading import load_config
 from ..errors import ConfigError, PlanError
+from ..quantized import stored_numel
 from ..graph.kinds import weight_shape
 from ..graph.walk import is_adapter_layer, module_graph
 from ..matching.rules import compile_rule, match_rule
@@ -89,7 +90,7 @@ def count_params(model: nn.Module, graph=None) -> int:
     """Every parameter once (tied parameters counted once), as PEFT's get_nb_trainable_parameters; read from
     the module graph's facts when its walk saw every parameter."""
     counted = graph.graph.get("param_count") if graph is not None else None
-    return counted if counted is not None else sum(p.numel() for p in model.parameters())
+    return counted if counted is not None else sum(stored_numel(p) for p in model.parameters())
 
 
 def add_heads(config, heads) -> None:

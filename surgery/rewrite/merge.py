@@ -8,6 +8,7 @@ from torch import nn
 
 from ..errors import PeftWarning
 from ..progress import bar
+from ..quantized.dequantize import dequantize_modules
 from .apply import parent_and_attr
 from .modules_to_save import ModulesToSaveWrapper
 from .trainable import adapter_layers
@@ -46,6 +47,7 @@ def merge_adapters(model: nn.Module, adapter_names: Optional[list[str]] = None, 
             layer.merge(safe_merge=safe_merge, adapter_names=adapter_names)
             if len(layer.merged_adapters) > before:
                 done.append((layer, before))
+        _warn_requantized(layer for layer, _ in done)
     except Exception:
         for layer, before in reversed(done):
             while len(layer.merged_adapters) > before:
@@ -56,14 +58,34 @@ def merge_adapters(model: nn.Module, adapter_names: Optional[list[str]] = None, 
         raise
 
 
+def _warn_requantized(layers) -> None:
+    """One warning for a merge into quantized bases, with what rounding the merged weights back cost."""
+    errors = [e for e in (layer.__dict__.pop("_requantize_error", None) for layer in layers) if e is not None]
+    if not errors:
+        return
+    formats = ", ".join(sorted({e[0] for e in errors}))
+    worst = max(e[1] for e in errors)
+    relative = max(e[2] / e[3] for e in errors if e[3] > 0) if any(e[3] > 0 for e in errors) else 0.0
+    warnings.warn(f"Merged into {len(errors)} quantized base layer(s) ({formats}): the merged weights were rounded "
+                  f"back to the quantized format, so outputs and generations differ from the unmerged model "
+                  f"(measured: max abs error {worst:.3g}, worst layer relative error {relative:.2%} of the weight "
+                  f"norm). merge_and_unload(dequantize=True) merges into full-precision weights instead.",
+                  PeftWarning, stacklevel=4)
+
+
 def unmerge_adapters(model: nn.Module) -> None:
     for _, layer in adapter_layers(model):
         layer.unmerge()
+    for _, layer in adapter_layers(model):
+        layer.__dict__.pop("_requantize_error", None)
 
 
 def unload(model: nn.Module, merge: bool, safe_merge: bool = False,
-           adapter_names: Optional[list[str]] = None, progress: bool = False) -> nn.Module:
-    """Replace every adapter layer by its base layer (merged first when `merge`); returns the model."""
+           adapter_names: Optional[list[str]] = None, progress: bool = False, dequantize: bool = False) -> nn.Module:
+    """Replace every adapter layer by its base layer (merged first when `merge`); returns the model.
+    `dequantize`: quantized bases become full-precision layers first, so the merge rounds nothing."""
+    if dequantize:
+        dequantize_modules(model)
     if merge:
         merge_adapters(model, adapter_names, safe_merge, progress)
     for fqn, layer in list(adapter_layers(model)):

@@ -75,6 +75,9 @@ class FourierFTLinear(AdapterLayer):
                             self.fourierft_scaling[adapter])
         return delta.to(spectrum.dtype)
 
+    def supports_lora_conversion(self, adapter_name: str = "default") -> bool:
+        return not is_conv1d(self.get_base_layer())   # the delta is (out, in) even there: PEFT refuses Conv1D
+
     def _delta_for_forward(self, name: str, spectrum: torch.Tensor) -> torch.Tensor:
         """ΔW, kept while no gradient is wanted and the spectrum is unchanged (its version counter moves on
         every in-place write: optimizer steps, load_state_dict)."""

@@ -18,6 +18,9 @@ from .layer import LoHaLayer
 
 
 class Linear(LoHaLayer):
+    def supports_lora_conversion(self, adapter_name: str = "default") -> bool:
+        return True   # additive: W + ΔW
+
     def apply_delta(self, x: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
         return F.linear(x, delta)
 

@@ -15,6 +15,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ...quantized import backend_of
+
 
 def _compute_dtype(t: torch.Tensor) -> torch.dtype:
     return torch.float32 if t.dtype in (torch.float16, torch.bfloat16) else t.dtype
@@ -32,17 +34,18 @@ class DoraMagnitude(nn.Module):
 
     @classmethod
     def for_layer(cls, layer, name: str) -> "DoraMagnitude":
-        weight = layer.get_base_layer().weight
         shape = layer.dora_magnitude_shape()
-        if weight.device.type == "meta":
-            return cls(torch.empty(shape, device="meta", dtype=weight.dtype))
+        if layer.get_base_layer().weight.device.type == "meta":
+            return cls(torch.empty(shape, device="meta", dtype=layer.base_float_dtype()))
+        weight = layer.dense_base_weight()
         module = cls(torch.empty(0))
-        module.weight = nn.Parameter(module.row_norm(layer, name, weight.data).to(weight.dtype).reshape(shape))
+        module.weight = nn.Parameter(module.row_norm(layer, name, weight).to(weight.dtype).reshape(shape))
         return module
 
-    def _row_sq_norms(self, weight: torch.Tensor) -> torch.Tensor:
-        key = (weight.data_ptr(), weight._version, weight.dtype, weight.device, tuple(weight.shape))
-        if key != self._row_sq_key:
+    def _row_sq_norms(self, weight: torch.Tensor, cache: bool = True) -> torch.Tensor:
+        # a quantized base is dequantized into a fresh tensor each step: its address says nothing, so no cache
+        key = (weight.data_ptr(), weight._version, weight.dtype, weight.device, tuple(weight.shape)) if cache else None
+        if key is None or key != self._row_sq_key:
             compute = _compute_dtype(weight)
             # vector_norm reduces without an (out x in) temporary (pow(2).sum(1) makes one: 46 MB on 5632x2048)
             self._row_sq = torch.linalg.vector_norm(weight, dim=1, dtype=compute).square_()
@@ -61,7 +64,7 @@ class DoraMagnitude(nn.Module):
         A, B = (t.to(compute) for t in factors)
         cross = (B * (w.to(compute) @ A.T)).sum(1)
         quad = ((B @ (A @ A.T)) * B).sum(1)
-        sq = self._row_sq_norms(w) + 2 * s * cross + (s * s) * quad
+        sq = self._row_sq_norms(w, cache=backend_of(layer.get_base_layer()) is None) + 2 * s * cross + (s * s) * quad
         return sq.clamp_min(0).sqrt()
 
     def apply(self, layer, x: torch.Tensor, name: str, result: torch.Tensor) -> torch.Tensor:
@@ -78,7 +81,7 @@ class DoraMagnitude(nn.Module):
         if dropping:
             x = dropout(x)
         lora = layer.lora_path(x, name)
-        norm = self.row_norm(layer, name, layer.get_base_layer().weight)
+        norm = self.row_norm(layer, name, layer.dense_base_weight())
         scale = (self.weight / norm.view(self.weight.shape)).to(lora.dtype)
         if dropping:
             return result + (scale - 1) * layer.base_without_bias(x) + scale * (lora * s)

@@ -90,8 +90,7 @@ class LoraLayer(AdapterLayer):
 
     def _new_factors(self, adapter_name: str, r: int, config) -> None:
         """Create lora_A/lora_B for nn.Linear-shaped layers; conv and embedding layers override."""
-        base = self.get_base_layer()
-        device, dtype = base.weight.device, base.weight.dtype
+        device, dtype = self.get_base_layer().weight.device, self.base_float_dtype()
         in_f, out_f = self.in_out_features()
         lora_A = self.lora_A._modules[adapter_name] = uninitialised_linear(in_f, r, False, device, dtype)
         lora_B = self.lora_B._modules[adapter_name] = uninitialised_linear(r, out_f, config.lora_bias, device, dtype)
@@ -102,8 +101,10 @@ class LoraLayer(AdapterLayer):
             init_linear_like(config.init_lora_weights, lora_A, lora_B, r)
 
     def in_out_features(self) -> tuple[int, int]:
-        weight = self.get_base_layer().weight
-        out_f, in_f = weight.shape[:2]
+        sizes = in_out_features(self.get_base_layer())   # not the weight's shape: a 4-bit weight is packed
+        if sizes is not None:
+            return sizes
+        out_f, in_f = self.get_base_layer().weight.shape[:2]
         return (out_f, in_f) if self.fan_in_fan_out else (in_f, out_f)
 
     # -- forward ---------------------------------------------------------------------------------------
@@ -151,7 +152,7 @@ class LoraLayer(AdapterLayer):
 
     def dora_magnitude_shape(self) -> tuple[int, ...]:
         """The magnitude parameter's shape (PEFT's: (out,) here, (1, out, 1...) for convs)."""
-        return (self.dora_view(self.get_base_layer().weight).shape[0],)
+        return (self.in_out_features()[1],)
 
     def adapter_dtype(self, name: str) -> torch.dtype:
         return self.lora_A[name].weight.dtype
@@ -166,7 +167,7 @@ class LoraLayer(AdapterLayer):
 
     def base_without_bias(self, x: torch.Tensor) -> torch.Tensor:
         """The base layer's output on x without its bias (DoRA with dropout: the base output of dropped x)."""
-        return F.linear(x, self.dora_view(self.get_base_layer().weight).to(x.dtype))
+        return F.linear(x, self.dora_view(self.dense_base_weight()).to(x.dtype))
 
     # -- merge -----------------------------------------------------------------------------------------
     def merge_refusal(self) -> Optional[MergeError]:
@@ -239,7 +240,7 @@ class LoraLayer(AdapterLayer):
         if refusal is not None:
             raise refusal
         base = self.get_base_layer()
-        weight = base.weight.data.clone()
+        weight = self.dense_base_weight().clone()
         bias = base.bias.data.clone() if getattr(base, "bias", None) is not None else None
         for name in names:
             weight = self._merged_weight(weight, name, +1, safe=True)
@@ -264,13 +265,17 @@ class LoraLayer(AdapterLayer):
         base = self.get_base_layer()
         for name in names:
             with torch.no_grad():
+                weight = self.dense_base_weight()
                 if safe_merge:
-                    merged = self._merged_weight(base.weight.data.clone(), name, +1, safe=True)
+                    merged = self._merged_weight(weight.clone(), name, +1, safe=True)
                     if not torch.isfinite(merged).all():
                         raise self._non_finite(name)
-                    base.weight.data.copy_(merged)
+                    if merged.dtype == weight.dtype and merged.shape == weight.shape and weight is base.weight.data:
+                        weight.copy_(merged)   # a plain base keeps its storage (tied and shared views see it)
+                        merged = weight
                 else:
-                    base.weight.data = self._merged_weight(base.weight.data, name, +1)
+                    merged = self._merged_weight(weight, name, +1)
+                self.store_base_weight(merged)
                 self._merge_bias(base, name, +1)
             self.merged_adapters.append(name)
 
@@ -279,7 +284,7 @@ class LoraLayer(AdapterLayer):
         while self.merged_adapters:
             name = self.merged_adapters.pop()
             with torch.no_grad():
-                base.weight.data = self._merged_weight(base.weight.data, name, -1)
+                self.store_base_weight(self._merged_weight(self.dense_base_weight(), name, -1))
                 self._merge_bias(base, name, -1)
 
     def _merge_bias(self, base: nn.Module, name: str, sign: int) -> None:

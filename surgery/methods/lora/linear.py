@@ -12,6 +12,9 @@ from .layer import LoraLayer
 
 
 class Linear(LoraLayer):
+    def supports_lora_conversion(self, adapter_name: str = "default") -> bool:
+        return True
+
 
     def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
         if not args and not kwargs:

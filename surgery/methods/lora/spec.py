@@ -16,11 +16,13 @@ from ..fan_in_fan_out import settle_fan_in_fan_out
 from ..default_targets import LORA_FAMILY
 from ..spec import Handler, MethodSpec, RewriteSite
 from .config import LoraConfig
+from .conversion import supports_lora_conversion
 from .conv import Conv
 from .embedding import Embedding
 from .linear import Linear
 from .mha import MultiheadAttention, added_params as _mha_added_params, refuses as _mha_refuses
 from .model import LoraModel
+from .quantized import QUANTIZED_HANDLERS
 
 DEFAULT_TARGETS = LORA_FAMILY   # PEFT's table for this method (methods/default_targets.py)
 
@@ -40,7 +42,7 @@ def _conv_refuses(base: nn.Module, config, fqn: str):
     return None
 
 
-HANDLERS = (
+HANDLERS = QUANTIZED_HANDLERS + (
     Handler(is_linear_like, Linear, "torch.nn.Linear, transformers.pytorch_utils.Conv1D"),
     Handler(lambda m: isinstance(m, nn.Embedding), Embedding, "torch.nn.Embedding", refuses=_embedding_refuses),
     Handler(is_conv, Conv, "torch.nn.Conv1d/2d/3d", refuses=_conv_refuses),
@@ -92,6 +94,7 @@ SPEC = MethodSpec(
     default_targets=DEFAULT_TARGETS,
     mixed_batch=True,
     collapsed_keys=("lora_magnitude_vector",),
+    model_api={"supports_lora_conversion": supports_lora_conversion},
     checkpoint_rank=lambda tensors: next((t.shape[0] for k, t in tensors.items()
                                           if k in ("lora_A", "lora_embedding_A")), ""),
 )

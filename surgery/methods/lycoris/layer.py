@@ -78,6 +78,10 @@ class LycorisLayer(AdapterLayer):
         """ΔW of adapter `name` in the base weight's shape, without rank dropout (PEFT's get_delta_weight)."""
         raise NotImplementedError
 
+    def get_delta_weight(self, adapter_name: str) -> torch.Tensor:
+        """PEFT's name for delta_weight."""
+        return self.delta_weight(adapter_name)
+
     def rank_mask(self, name: str, rows: int, dtype: torch.dtype, device) -> Optional[torch.Tensor]:
         """The training-time rank-dropout mask over ΔW's rows, or None when there is none. Drawn on the CPU
         generator as PEFT draws it, so a seeded run drops the same rows."""

@@ -1,9 +1,9 @@
 """How one layer's rotated dimension splits into OFT blocks: r blocks of oft_block_size, r x size = dim.
 
 The rotated dimension is a Linear's in_features, a Conv2d's in_channels x k x k (one unfolded patch) and an
-Embedding's embedding_dim. PEFT 0.21.2 silently moves a size that does not divide it to a nearby divisor
-(`peft_adjusted` reproduces its choice); surgery refuses it at plan time instead, naming the valid sizes,
-so a typo cannot train other blocks than the config says.
+Embedding's embedding_dim. A size that does not divide it is moved to a nearby divisor, as PEFT 0.21.2 does
+(`peft_adjusted` reproduces its choice, so adapters train and save as with PEFT); unlike PEFT, the plan says so
+per module, naming the valid sizes, so a typo is seen before training.
 """
 from __future__ import annotations
 
@@ -37,13 +37,13 @@ def peft_adjusted(dim: int, value: int) -> int:
     return lower if value - lower <= higher - value else higher
 
 
-def layout_refusal(dim: int, what: str, fqn: str, config) -> Optional[str]:
-    """Why config's r / oft_block_size cannot split module `fqn`'s rotated dimension (`what` names it), or None."""
-    if block_layout(dim, config.r, config.oft_block_size) is not None:
-        return None
+def adjusted_layout(dim: int, what: str, fqn: str, config) -> tuple[tuple[int, int], str]:
+    """((r, oft_block_size), plan warning) for a config whose r / oft_block_size does not divide module `fqn`'s
+    rotated dimension (`what` names it): PEFT's adjustment, and a warning in its words plus the valid sizes."""
     key, value = ("oft_block_size", config.oft_block_size) if config.r == 0 else ("r", config.r)
+    adjusted = peft_adjusted(dim, value)
+    layout = (dim // adjusted, adjusted) if config.r == 0 else (adjusted, dim // adjusted)
     valid = ", ".join(map(str, divisors(dim)))
-    return (f"{key}={value} does not divide {what}={dim} of {fqn!r}: OFT splits it into r blocks of "
-            f"oft_block_size (r x oft_block_size = {dim}); valid values of {key} for this module: {valid}. "
-            f"(PEFT 0.21.2 would silently use {key}={peft_adjusted(dim, value)} here.) Pick one of those, or leave "
-            f"the module out with exclude_modules")
+    return layout, (f"{fqn}: Invalid `{key}` ({value})! Adjusted `{key}` to ({adjusted}), as PEFT does: OFT splits "
+                    f"{what}={dim} into r blocks of oft_block_size (r x oft_block_size = {dim}), so {key} must "
+                    f"divide it; valid values for this module: {valid}. Set one of those to silence this")

@@ -2,7 +2,8 @@
 
 PEFT 0.21.2 wraps torch.nn.Linear, nn.Conv2d and nn.Embedding (not transformers' Conv1D, nor Conv1d/3d).
 Per matched module the plan records r (blocks) and oft_block_size, resolved from the config's one non-zero
-value against the module's rotated dimension; a value that does not divide it is refused here, at plan time.
+value against the module's rotated dimension; a value that does not divide it is adjusted as PEFT does, with a
+plan warning naming the module and the valid sizes.
 When a checkpoint is loaded its packed rotation's shape decides the layout instead, so an adapter for which
 PEFT silently adjusted the block size (see layout.py) loads as PEFT trained it.
 """
@@ -13,14 +14,13 @@ import math
 from torch import nn
 
 from ...config.enums import PeftType
-from ...errors import PlanError
 from ..fan_in_fan_out import settle_fan_in_fan_out
 from ..default_targets import LORA_FAMILY
 from ..spec import Handler, MethodSpec, RewriteSite
 from .config import OFTConfig
 from .conv import Conv2d, kernel_side
 from .embedding import Embedding
-from .layout import block_layout, layout_refusal
+from .layout import adjusted_layout, block_layout
 from .linear import Linear
 from .model import OFTModel
 
@@ -59,7 +59,8 @@ def _layout(site: RewriteSite, layer_cls) -> tuple[int, int]:
             return dim // size, size
     layout = block_layout(dim, site.config.r, site.config.oft_block_size)
     if layout is None:
-        raise PlanError(layout_refusal(dim, layer_cls.dim_name, site.fqn, site.config))
+        layout, warning = adjusted_layout(dim, layer_cls.dim_name, site.fqn, site.config)
+        site.note(warning)
     return layout
 
 

@@ -314,7 +314,14 @@ ENCODERS = {
 }
 
 
+_MAX_PROMPT_VALUES = 2 ** 40   # far past any real prompt; beyond it torch cannot even size the tensor
+
+
 def build_encoder(config, word_embeddings: Optional[nn.Module], initialise: bool = True) -> nn.Module:
+    rows, width = saved_shape(config)
+    if rows * width > _MAX_PROMPT_VALUES:
+        raise PlanError(f"num_virtual_tokens = {config.num_virtual_tokens} gives a prompt of {rows} x {width} values, "
+                        f"more than any model can hold; use a number of virtual tokens in the tens or hundreds")
     return ENCODERS[config.peft_type](config, word_embeddings, initialise)
 
 

@@ -107,6 +107,9 @@ class Linear(WeightMerge, AdapterLayer):
 
     get_delta_weight = delta_weight   # PEFT's name
 
+    def supports_lora_conversion(self, adapter_name: str = "default") -> bool:
+        return True   # additive: W + ΔW
+
     def merged_weight(self, weight: torch.Tensor, name: str, sign: int) -> torch.Tensor:
         """weight ± delta, in place (addmm_ without the (out, in) delta when the dtypes agree)."""
         left, right = self.delta_factors(name)

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import warnings
 
+import re
+
 import pytest
 import torch
 from torch import nn
@@ -61,17 +63,24 @@ def test_a_neumann_adapter_older_than_0_18_is_warned_about(caplog):
     assert "changed in PEFT 0.18.0" in caplog.text
 
 
-@pytest.mark.parametrize("kwargs, dim, valid, adjusted", [
-    (dict(oft_block_size=5), 32, "1, 2, 4, 8, 16, 32", "oft_block_size=4"),
-    (dict(oft_block_size=64), 32, "1, 2, 4, 8, 16, 32", "oft_block_size=32"),
-    (dict(r=3, oft_block_size=0), 32, "1, 2, 4, 8, 16, 32", "r=2"),
+@pytest.mark.parametrize("kwargs, dim, valid, adjusted, layout", [
+    (dict(oft_block_size=5), 32, "1, 2, 4, 8, 16, 32", "`oft_block_size` to (4)", (8, 4)),
+    (dict(oft_block_size=64), 32, "1, 2, 4, 8, 16, 32", "`oft_block_size` to (32)", (1, 32)),
+    (dict(r=3, oft_block_size=0), 32, "1, 2, 4, 8, 16, 32", "`r` to (2)", (2, 16)),
 ])
-def test_a_block_size_that_does_not_divide_in_features_is_refused_at_plan_time(kwargs, dim, valid, adjusted):
-    with pytest.raises(PlanError) as err:
-        surgery.plan(tm.tiny_llama(), surgery.OFTConfig(target_modules=["q_proj"], **kwargs))
-    text = str(err.value)
+def test_a_block_size_that_does_not_divide_in_features_is_adjusted_as_peft_with_a_plan_warning(
+        kwargs, dim, valid, adjusted, layout):
+    import peft
+
+    plan = surgery.plan(tm.tiny_llama(), surgery.OFTConfig(target_modules=["q_proj"], **kwargs))
+    text = "\n".join(plan.warnings)
     assert "model.layers.0.self_attn.q_proj" in text and f"in_features={dim}" in text
-    assert f"valid values of {next(iter(kwargs))} for this module: {valid}" in text and adjusted in text
+    assert f"valid values for this module: {valid}" in text and adjusted in text
+    assert {(r.params["r"], r.params["oft_block_size"]) for r in plan.rewrites} == {layout}
+    with pytest.warns(UserWarning, match="Adjusted"):   # the oracle makes the same choice
+        theirs = peft.get_peft_model(tm.tiny_llama(), peft.OFTConfig(target_modules=["q_proj"], **kwargs))
+    layer = theirs.base_model.model.model.layers[0].self_attn.q_proj
+    assert (layer.r["default"], layer.oft_block_size["default"]) == layout
 
 
 def test_the_adjustment_named_is_what_peft_does():
@@ -87,8 +96,8 @@ def test_the_adjustment_named_is_what_peft_does():
 
 def test_conv_patch_dimension_is_checked_and_refusals_for_unsupported_convs():
     conv = OneLayer(nn.Conv2d(3, 4, 3))
-    with pytest.raises(PlanError, match=r"in_channels x kernel height x kernel width=27 .*1, 3, 9, 27"):
-        surgery.plan(conv, surgery.OFTConfig(target_modules=["layer"], oft_block_size=4))
+    adjusted = surgery.plan(conv, surgery.OFTConfig(target_modules=["layer"], oft_block_size=4))
+    assert re.search(r"in_channels x kernel height x kernel width=27 .*1, 3, 9, 27", "\n".join(adjusted.warnings))
     fitting = surgery.plan(conv, surgery.OFTConfig(target_modules=["layer"], oft_block_size=9))
     assert fitting.rewrites[0].params["r"] == 3
     for module, message in ((nn.Conv2d(4, 4, 3, groups=2), "groups=2"), (nn.Conv2d(4, 4, 3, dilation=2), "dilation"),
@@ -163,9 +172,9 @@ def test_checkpoint_keys_are_peft_names():
 
 def test_a_block_size_peft_adjusted_loads_as_saved(tmp_path):
     """PEFT moves oft_block_size=5 on in_features=32 to 4 and saves blocks of 4 under a config saying 5: surgery
-    refuses 5 for a new adapter, and loads such a checkpoint with the saved blocks."""
-    with pytest.raises(PlanError, match="oft_block_size=5 does not divide in_features=32"):
-        surgery.get_peft_model(tm.tiny_llama(), surgery.OFTConfig(target_modules=["q_proj"], oft_block_size=5))
+    does the same for a new adapter, and loads such a checkpoint with the saved blocks."""
+    adjusted = surgery.get_peft_model(tm.tiny_llama(), surgery.OFTConfig(target_modules=["q_proj"], oft_block_size=5))
+    assert {r.params["oft_block_size"] for r in adjusted.plan().rewrites} == {4}
     saved = surgery.get_peft_model(tm.tiny_llama(), surgery.OFTConfig(target_modules=["q_proj"], oft_block_size=4))
     saved.save_pretrained(tmp_path)
     path = tmp_path / "adapter_config.json"

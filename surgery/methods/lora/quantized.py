@@ -1,0 +1,30 @@
+"""LoRA over bitsandbytes' quantized linears (QLoRA): the base stays 4-bit / 8-bit and frozen, the factors are
+float (float32 by default, as PEFT), and
+
+    y = base(x) + s * B(A(dropout(x)))          base(x) = x dequant(W_q)^T (+ b), computed by bitsandbytes
+
+DoRA reads the dequantized weight for its row norms. Merging dequantizes W_q, adds s * B A and requantizes
+with the weight's own settings (PEFT's arithmetic, so merged weights equal PEFT's); the rounding this costs is
+measured and reported by the merge (rewrite/merge.py), and merge_and_unload(dequantize=True) avoids it.
+PEFT's class names (peft.tuners.lora.bnb.Linear4bit / Linear8bitLt), so isinstance checks and reprs match.
+"""
+from __future__ import annotations
+
+from ...quantized.bnb import BNB_4BIT, BNB_8BIT
+from ..spec import Handler
+from .linear import Linear
+
+
+class Linear4bit(Linear):
+    """LoRA on a bitsandbytes Linear4bit (nf4 / fp4)."""
+
+
+class Linear8bitLt(Linear):
+    """LoRA on a bitsandbytes Linear8bitLt (LLM.int8())."""
+
+
+# Quantized bases match only rows that name their backend (MethodSpec.handler_for).
+QUANTIZED_HANDLERS = (
+    Handler(BNB_4BIT.accepts, Linear4bit, BNB_4BIT.label, backend=BNB_4BIT),
+    Handler(BNB_8BIT.accepts, Linear8bitLt, BNB_8BIT.label, backend=BNB_8BIT),
+)
