@@ -16,6 +16,7 @@ from ..config.loading import load_config
 from ..facade.tasks import class_for_task
 from ..methods.registry import get_method
 from ..progress import bar
+from ..quantized.simulate import quantize_for_planning
 from ..tasks import task_for
 
 
@@ -23,6 +24,8 @@ def run_plan(args) -> int:
     config = load_config(args.config)
     task = args.task or (config.task_type.value if config.task_type else None)
     model = load_model_for_planning(args.model, task=task, revision=args.revision)
+    if getattr(args, "quantize", None):
+        quantize_for_planning(model, args.quantize)
     print(plan(model, config, args.adapter_name).table(args.format, summary=args.summary))
     return 0
 

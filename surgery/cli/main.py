@@ -38,6 +38,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--task", default=None, help="task type deciding the model class (default: the config's)")
     p.add_argument("--revision", default=None, help="Hub revision of the model config")
     p.add_argument("--adapter-name", default="default")
+    p.add_argument("--quantize", choices=("nf4", "nf4-dq", "fp4", "int8"), default=None,
+                   help="plan QLoRA: quantize the base as bitsandbytes would (nf4-dq: with double quantization); "
+                        "the table shows formats, block sizes and the memory to fit")
     p.add_argument("--summary", action="store_true",
                    help="one row per projection (the same module in every layer), with a count and layer ranges")
 

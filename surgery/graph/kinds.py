@@ -26,7 +26,10 @@ def is_conv(module: nn.Module) -> bool:
 
 
 def weight_shape(module: nn.Module) -> tuple:
-    """The shape of the module's `weight` (or of its first parameter; () when it has none)."""
+    """The shape of the module's `weight` (or of its first parameter; () when it has none). A Linear's is
+    (out, in) even where the stored weight is packed (bitsandbytes' 4-bit layers subclass nn.Linear)."""
+    if isinstance(module, nn.Linear):
+        return (module.out_features, module.in_features)
     weight = getattr(module, "weight", None)
     if weight is None:
         weight = next(iter(p for p in module._parameters.values() if p is not None), None)

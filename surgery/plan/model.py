@@ -21,6 +21,7 @@ class Rewrite:
     action: str = "wrap"          # "wrap" a plain module, or "add" an adapter to an adapter layer
     added_params: int = 0
     params: dict = field(default_factory=dict)   # the method's per-module parameters (rank, alpha, ...)
+    base_format: str = ""         # a quantized base's storage ("nf4, block 64"); empty for a plain one
 
     def __getitem__(self, key: str):
         return self.params[key]
@@ -61,6 +62,8 @@ class Plan:
     injections: list[Injection] = field(default_factory=list)
     columns: list = field(default_factory=list)   # audit table: [header, params key] per method column
     flags: list = field(default_factory=list)     # [label, params key]: shown after the method name when true
+    # bytes to fit (plan/memory.py), filled when the base has quantized layers: base, adapter, training extra
+    memory: dict = field(default_factory=dict)
 
     # -- totals (PEFT's print_trainable_parameters figures after the rewrite) ---------------------------
     @property

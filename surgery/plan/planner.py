@@ -15,6 +15,7 @@ from ..config.base import PeftConfig
 from ..config.loading import load_config
 from ..errors import ConfigError, PlanError
 from ..quantized import stored_numel
+from .memory import memory_figures, storage_label
 from ..graph.kinds import weight_shape
 from ..graph.walk import is_adapter_layer, module_graph
 from ..matching.rules import compile_rule, match_rule
@@ -83,6 +84,7 @@ def plan_with_config(model: nn.Module, config, adapter_name: str = "default", *,
              modules_to_save=saved, trainable_bias_params=_bias_params(model, config, matches, saved),
              base_params=count_params(model, graph), config=config.to_dict(), rules=rule.describe(),
              warnings=notes, columns=[list(c) for c in spec.columns], flags=[list(f) for f in spec.flags])
+    p.memory = memory_figures(model, p.added_params)
     return p, config
 
 
@@ -164,7 +166,7 @@ def _rewrite(graph, fqn: str, config, spec, adapter_name: str, notes: list, lead
     return Rewrite(path=fqn, base_type=type(base).__name__, base_shape=weight_shape(base),
                    method=config.peft_type.value, adapter_name=adapter_name,
                    layer_class=qualified_name(handler.layer), action=action,
-                   added_params=spec.count(base, params, config), params=params)
+                   added_params=spec.count(base, params, config), params=params, base_format=storage_label(base))
 
 
 def _modules_to_save(graph, config, matches) -> list[SavedModule]:

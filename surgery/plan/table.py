@@ -10,6 +10,7 @@ import re
 from tabulate import tabulate
 
 from ..errors import ConfigError
+from .memory import memory_lines
 
 FORMATS = {"table": "simple", "markdown": "github"}
 
@@ -24,7 +25,8 @@ def render(plan, fmt: str = "table", summary: bool = False) -> str:
         raise ConfigError(f"format = {fmt!r} is not valid; valid: table, markdown, json")
     keys = [key for _, key in plan.columns]
     blank = ("",) * len(keys)
-    rows = [(r.path, r.base_type, "x".join(map(str, r.base_shape)), _method(r, plan.flags),
+    rows = [(r.path, r.base_type + (f" ({r.base_format})" if r.base_format else ""), "x".join(map(str, r.base_shape)),
+             _method(r, plan.flags),
              *(_num(r.params.get(k, "")) for k in keys), f"{r.added_params:,d}") for r in plan.rewrites]
     rows += [(m.path, m.base_type, "", "full copy (modules_to_save)", *blank, f"{m.params:,d}")
              for m in plan.modules_to_save]
@@ -38,6 +40,7 @@ def render(plan, fmt: str = "table", summary: bool = False) -> str:
              f"rule: {plan.rules}" if plan.rules else "",
              tabulate(rows, headers=headers, tablefmt=FORMATS[fmt], disable_numparse=True)]
     lines += [f"warning: {w}" for w in plan.warnings]
+    lines += memory_lines(plan.memory)
     lines.append(plan.totals_line())
     return "\n".join(line for line in lines if line)
 

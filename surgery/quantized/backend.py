@@ -15,7 +15,8 @@ class QuantBackend:
     accepts: Callable[[nn.Module], bool]
     dequantize: Callable[[nn.Module], torch.Tensor]    # dense (out, in) weight
     requantize: Callable[[nn.Module, torch.Tensor], None]
-    describe: Callable[[nn.Module], dict]              # {"format", "block_size", "compute_dtype", "bytes"}
+    describe: Callable[[nn.Module], dict]              # {"format", "bits", "block_size", "double_quant", ...}
+    weight_bytes: Callable[[nn.Module], int]           # the stored weight with its scales (meta modules too)
     compute_dtype: Callable[[nn.Module], torch.dtype]  # the dtype the base computes in (and dequantizes to)
     stored_numel: Optional[Callable[[torch.Tensor], Optional[int]]] = None
     install_hint: str = ""

@@ -69,9 +69,20 @@ def _describe_4bit(module: nn.Module) -> dict:
     weight = module.weight
     state = weight.quant_state
     return {"format": getattr(weight, "quant_type", "fp4"), "bits": 4,
-            "block_size": getattr(state, "blocksize", getattr(weight, "blocksize", 64)),
+            "block_size": getattr(state, "blocksize", None) or getattr(weight, "blocksize", 64),
             "double_quant": bool(getattr(weight, "compress_statistics", False)),
-            "compute_dtype": _compute_4bit(module)}
+            "compute_dtype": str(_compute_4bit(module)).removeprefix("torch.")}
+
+
+def _bytes_4bit(module: nn.Module) -> int:
+    """Two codes per byte, one float32 absmax per block; with double quantization the absmax are 8-bit codes
+    with one float32 scale per 256 of them (plus a 256-entry code table). A meta module (not yet quantized)
+    is sized as it will be stored."""
+    values = module.in_features * module.out_features
+    info = _describe_4bit(module)
+    blocks = -(-values // info["block_size"])
+    scales = blocks + 4 * -(-blocks // 256) + 4 * 256 if info["double_quant"] else 4 * blocks
+    return -(-values // 2) + scales
 
 
 def _compute_4bit(module: nn.Module) -> torch.dtype:
@@ -83,6 +94,8 @@ def _numel_4bit(param: torch.Tensor) -> Optional[int]:
     # PEFT counts a Params4bit as its bytes x 2 (two 4-bit values per byte of quant_storage)
     if type(param).__name__ != "Params4bit":
         return None
+    if not getattr(param, "bnb_quantized", True):   # not quantized yet (a meta plan): the values themselves
+        return param.numel()
     storage = getattr(param, "quant_storage", None)
     itemsize = param.element_size() if hasattr(param, "element_size") else getattr(storage, "itemsize", 1)
     return param.numel() * 2 * itemsize
@@ -91,7 +104,7 @@ def _numel_4bit(param: torch.Tensor) -> Optional[int]:
 BNB_4BIT = QuantBackend(
     name="bnb-4bit", label="bitsandbytes.nn.Linear4bit",
     accepts=lambda m: _is(m, "Linear4bit"),
-    dequantize=_dequantize_4bit, requantize=_requantize_4bit, describe=_describe_4bit,
+    dequantize=_dequantize_4bit, requantize=_requantize_4bit, describe=_describe_4bit, weight_bytes=_bytes_4bit,
     compute_dtype=_compute_4bit, stored_numel=_numel_4bit, install_hint=INSTALL_HINT)
 
 
@@ -119,8 +132,15 @@ def _requantize_8bit(module: nn.Module, dense: torch.Tensor) -> None:
 
 
 def _describe_8bit(module: nn.Module) -> dict:
-    return {"format": "int8", "bits": 8, "block_size": module.weight.shape[-1] if module.weight.dim() > 1 else None,
-            "double_quant": False, "threshold": module.state.threshold, "compute_dtype": _compute_8bit(module)}
+    # one scale per output row: the "block" is a row of in_features values
+    return {"format": "int8", "bits": 8, "block_size": module.in_features, "double_quant": False,
+            "threshold": module.state.threshold, "compute_dtype": str(_compute_8bit(module)).removeprefix("torch.")}
+
+
+def _bytes_8bit(module: nn.Module) -> int:
+    if module.state.has_fp16_weights:
+        return module.in_features * module.out_features * 2
+    return module.in_features * module.out_features + 4 * module.out_features
 
 
 def _compute_8bit(module: nn.Module) -> torch.dtype:
@@ -131,5 +151,5 @@ def _compute_8bit(module: nn.Module) -> torch.dtype:
 BNB_8BIT = QuantBackend(
     name="bnb-8bit", label="bitsandbytes.nn.Linear8bitLt",
     accepts=lambda m: _is(m, "Linear8bitLt"),
-    dequantize=_dequantize_8bit, requantize=_requantize_8bit, describe=_describe_8bit,
+    dequantize=_dequantize_8bit, requantize=_requantize_8bit, describe=_describe_8bit, weight_bytes=_bytes_8bit,
     compute_dtype=_compute_8bit, install_hint=INSTALL_HINT)

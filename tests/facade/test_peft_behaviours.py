@@ -186,3 +186,16 @@ def test_saved_base_biases_load_into_a_model_whose_config_trains_none_as_peft():
         lib.set_peft_model_state_dict(fresh, state)
         results.append(fresh.base_model.model.lin0.base_layer.bias.detach().clone())
     assert torch.equal(results[0], results[1]) and torch.all(results[1] == 1.23)
+
+
+def test_prepare_model_for_gradient_checkpointing_marks_input_grads_as_peft():
+    import peft
+
+    from tests.support import tiny_models as tm
+    ours = surgery.get_peft_model(tm.tiny_llama(), surgery.LoraConfig(target_modules=["q_proj"]))
+    theirs = peft.get_peft_model(tm.tiny_llama(), peft.LoraConfig(target_modules=["q_proj"]))
+    for model in (ours, theirs):
+        base = tm.tiny_llama()
+        assert model.prepare_model_for_gradient_checkpointing(base) is None
+        out = base.get_input_embeddings()(tm.token_batch())
+        assert out.requires_grad
