@@ -16,7 +16,7 @@ from ..config.loading import load_config
 from ..facade.tasks import class_for_task
 from ..methods.registry import get_method
 from ..progress import bar
-from ..quantized.simulate import quantize_for_planning
+from ..quantized.simulate import bnb_loading_config, quantize_for_planning
 from ..tasks import task_for
 
 
@@ -85,11 +85,14 @@ def run_merge(args) -> int:
         if hasattr(stages, "set_postfix_str"):
             stages.set_postfix_str(stage)
         if stage == "load base":
-            base = auto.from_pretrained(args.base)
+            quantize = getattr(args, "quantize", None)
+            extra = {"quantization_config": bnb_loading_config(quantize), "device_map": "cpu"} if quantize else {}
+            base = auto.from_pretrained(args.base, **extra)
         elif stage == "load adapter":
             peft_model = class_for_task(task).from_pretrained(base, str(directory))
         elif stage == "merge":
-            merged = peft_model.merge_and_unload(progressbar=True, safe_merge=args.safe)
+            merged = peft_model.merge_and_unload(progressbar=True, safe_merge=args.safe,
+                                                 dequantize=getattr(args, "dequantize", False))
         else:
             merged.save_pretrained(args.out)
     print(f"merged {directory} into {args.base}; saved to {Path(args.out)}", file=sys.stderr)

@@ -53,6 +53,11 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("adapter", help="adapter directory or Hub id")
     m.add_argument("out", help="output directory for the merged model")
     m.add_argument("--safe", action="store_true", help="refuse to merge if any weight would be NaN/inf")
+    m.add_argument("--quantize", choices=("nf4", "nf4-dq", "fp4", "int8"), default=None,
+                   help="load the base quantized, as QLoRA trained on it (bitsandbytes, on the CPU)")
+    m.add_argument("--dequantize", action="store_true",
+                   help="merge into full-precision weights (a quantized base is dequantized first): the merged "
+                        "model equals the adapted one; without it, merged weights are rounded back to 4 / 8 bits")
 
     d = sub.add_parser("demo", help="LoRA fine-tuning of a pretrained MiniLM on a small sentiment set, end to end")
     d.add_argument("--out", default="surgery-demo", help="folder for the adapter and the merged model "
