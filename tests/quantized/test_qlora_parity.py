@@ -28,9 +28,10 @@ def _pair(kind, family, **lora):
     kwargs = dict(r=4, lora_alpha=8, target_modules=TARGETS[family], init_lora_weights=False, **lora)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.manual_seed(0)
-        theirs = peft.get_peft_model(quantized(kind, family), peft.LoraConfig(**kwargs))
-        ours = surgery.get_peft_model(quantized(kind, family), surgery.LoraConfig(**kwargs))
+        bases = quantized(kind, family), quantized(kind, family)
+        torch.manual_seed(0)   # after loading: the first load saves the float model, which draws numbers
+        theirs = peft.get_peft_model(bases[0], peft.LoraConfig(**kwargs))
+        ours = surgery.get_peft_model(bases[1], surgery.LoraConfig(**kwargs))
     surgery.set_peft_model_state_dict(ours, peft.get_peft_model_state_dict(theirs))
     return ours, theirs
 
@@ -195,3 +196,28 @@ def test_unmerge_restores_the_adapter_path():
     # two requantizations: within the 4-bit grid's step of the original, not exact
     assert (_adapted_reference(ours, ids) - expected).abs().max() < 0.5
     assert not any(layer.merged for _, layer in ours.named_modules() if hasattr(layer, "merged_adapters"))
+
+
+@pytest.mark.parametrize("dropout", [0.0, 0.1])
+def test_the_fused_4bit_training_node_equals_the_generic_path(dropout):
+    fused, _ = _pair("nf4", "llama", lora_dropout=dropout)
+    generic, _ = _pair("nf4", "llama", lora_dropout=dropout)
+    for module in generic.modules():   # a hook on the base sends a layer down the generic path
+        if backend_of(module) is not None:
+            module.register_forward_pre_hook(lambda *_: None)
+    ids = tm.token_batch(batch=4)
+    grads = []
+    for model in (fused, generic):
+        model.train()
+        model.enable_input_require_grads()
+        torch.manual_seed(3)   # the same dropout masks
+        out = model(input_ids=ids, labels=ids)
+        out.loss.backward()
+        grads.append({n: p.grad for n, p in model.named_parameters() if p.requires_grad})
+        layer = model.base_model.model.model.layers[0].self_attn.q_proj
+        view = layer(torch.randn(2, 64, requires_grad=True)).grad_fn   # the output's view of the node
+        node = type(view.next_functions[0][0]).__name__
+        assert (node == "_QuantizedLoraBackward") == (model is fused), node
+    assert grads[0].keys() == grads[1].keys() and grads[0]
+    for key in grads[0]:
+        torch.testing.assert_close(grads[0][key], grads[1][key], atol=1e-6, rtol=1e-5)

@@ -10,13 +10,23 @@ PEFT's class names (peft.tuners.lora.bnb.Linear4bit / Linear8bitLt), so isinstan
 """
 from __future__ import annotations
 
+import torch
+
 from ...quantized.bnb import BNB_4BIT, BNB_8BIT
 from ..spec import Handler
+from .fused_quantized import fused_quantized_forward
 from .linear import Linear
 
 
 class Linear4bit(Linear):
-    """LoRA on a bitsandbytes Linear4bit (nf4 / fp4)."""
+    """LoRA on a bitsandbytes Linear4bit (nf4 / fp4); training runs one fused node (fused_quantized.py)."""
+
+    def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        if not args and not kwargs:
+            out = fused_quantized_forward(self, x)
+            if out is not None:
+                return out
+        return super().forward(x, *args, **kwargs)
 
 
 class Linear8bitLt(Linear):
