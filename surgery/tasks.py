@@ -26,25 +26,36 @@ class Task:
     pad_labels: bool = False               # token-level labels get -100 for the virtual tokens
     token_type_ids: str = "drop"           # "pad" with zeros for the virtual tokens, or "drop" (PEFT's choice)
     shift: tuple[str, ...] = ()            # token indexes that move right by P
+    # PEFT's forward parameters for the task, in order: transformers' Trainer keeps the dataset columns the
+    # forward signature names (remove_unused_columns), and positional calls bind by these names
+    forward_args: tuple[str, ...] = ()
 
 
 _CLASSIFIER = ("classifier", "score")
+_OUTPUTS = ("output_attentions", "output_hidden_states", "return_dict", "task_ids")
+_ARGS = ("input_ids", "attention_mask", "inputs_embeds")
 
 TASKS: dict[TaskType, Task] = {t.task_type: t for t in (
     Task(TaskType.SEQ_CLS, "PeftModelForSequenceClassification", "Peft model for sequence classification tasks.",
          heads=_CLASSIFIER, output_heads=("score", "classifier"), auto_class="AutoModelForSequenceClassification",
-         token_type_ids="pad"),
+         token_type_ids="pad", forward_args=(*_ARGS, "labels", *_OUTPUTS)),
     Task(TaskType.SEQ_2_SEQ_LM, "PeftModelForSeq2SeqLM", "Peft model for sequence-to-sequence language modeling.",
-         auto_class="AutoModelForSeq2SeqLM"),
+         auto_class="AutoModelForSeq2SeqLM",
+         forward_args=(*_ARGS, "decoder_input_ids", "decoder_attention_mask", "decoder_inputs_embeds", "labels",
+                       *_OUTPUTS)),
     Task(TaskType.CAUSAL_LM, "PeftModelForCausalLM", "Peft model for causal language modeling.",
-         auto_class="AutoModelForCausalLM", pad_labels=True),
+         auto_class="AutoModelForCausalLM", pad_labels=True, forward_args=(*_ARGS, "labels", *_OUTPUTS)),
     Task(TaskType.TOKEN_CLS, "PeftModelForTokenClassification", "Peft model for token classification tasks.",
-         heads=_CLASSIFIER, auto_class="AutoModelForTokenClassification", pad_labels=True, token_type_ids="pad"),
+         heads=_CLASSIFIER, auto_class="AutoModelForTokenClassification", pad_labels=True, token_type_ids="pad",
+         forward_args=(*_ARGS, "labels", *_OUTPUTS)),
     Task(TaskType.QUESTION_ANS, "PeftModelForQuestionAnswering", "Peft model for extractive question answering.",
          heads=("qa_outputs",), auto_class="AutoModelForQuestionAnswering", token_type_ids="pad",
-         shift=("start_positions", "end_positions")),
+         shift=("start_positions", "end_positions"),
+         forward_args=("input_ids", "attention_mask", "token_type_ids", "position_ids", "inputs_embeds",
+                       "start_positions", "end_positions", *_OUTPUTS)),
     Task(TaskType.FEATURE_EXTRACTION, "PeftModelForFeatureExtraction",
-         "Peft model for extracting features/embeddings from transformer models.", auto_class="AutoModel"),
+         "Peft model for extracting features/embeddings from transformer models.", auto_class="AutoModel",
+         forward_args=(*_ARGS, *_OUTPUTS)),
 )}
 
 NO_TASK = Task(None, "PeftModel", "Base model encompassing various PEFT methods.")

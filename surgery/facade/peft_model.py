@@ -242,6 +242,10 @@ class PeftModel(PersistenceMixin, TrainingMixin, PushToHubMixin, nn.Module):
         except AttributeError:
             if name == "base_model":
                 raise
+            if name == "prefix" and self._injected_states():
+                # PEFT: a prompt-learning model has no parameter prefix (its adapters are not layers), and code
+                # tells the two kinds apart with hasattr(model, "prefix")
+                raise AttributeError(f"{type(self).__name__} with injected state has no prefix") from None
             for state in self._injected_states():   # PEFT's names for injected state
                 if name in state.exposed:
                     return getattr(state, name)

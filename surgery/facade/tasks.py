@@ -5,6 +5,7 @@ that train in full (modules_to_save), e.g. the classifier for SEQ_CLS.
 """
 from __future__ import annotations
 
+import inspect
 from typing import Optional
 
 from ..config.base import PeftConfig
@@ -20,10 +21,36 @@ class _ClassifierMixin:
         return next((name for name in self.default_modules_to_save if hasattr(model, name)), None)
 
 
+def _named_forward(names: tuple[str, ...]):
+    """PeftModel.forward under PEFT's signature for a task (see Task.forward_args): positional arguments bind
+    by these names, unset ones (None) are left to the model's defaults."""
+    signature = inspect.Signature(
+        [inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD)]
+        + [inspect.Parameter(n, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=None) for n in names]
+        + [inspect.Parameter("kwargs", inspect.Parameter.VAR_KEYWORD)])
+
+    def forward(self, *args, **kwargs):
+        if len(args) > len(names):
+            raise TypeError(f"{type(self).__name__}.forward takes at most {len(names)} positional arguments "
+                            f"({', '.join(names)}); got {len(args)}")
+        named = dict(zip(names, args))
+        clash = sorted(set(named) & set(kwargs))
+        if clash:
+            raise TypeError(f"{type(self).__name__}.forward got multiple values for {', '.join(clash)}")
+        named.update(kwargs)
+        return PeftModel.forward(self, **{k: v for k, v in named.items() if v is not None or k not in names})
+
+    forward.__signature__ = signature
+    forward.__doc__ = PeftModel.forward.__doc__
+    return forward
+
+
 def _task_class(task) -> type:
     bases = (_ClassifierMixin, PeftModel) if task.heads else (PeftModel,)
-    return type(task.class_name, bases, {"__doc__": task.doc, "__module__": __name__,
-                                         "default_modules_to_save": task.heads})
+    attrs = {"__doc__": task.doc, "__module__": __name__, "default_modules_to_save": task.heads}
+    if task.forward_args:
+        attrs["forward"] = _named_forward(task.forward_args)
+    return type(task.class_name, bases, attrs)
 
 
 MODEL_TYPE_TO_PEFT_MODEL_MAPPING = {task_type: _task_class(task) for task_type, task in TASKS.items()}

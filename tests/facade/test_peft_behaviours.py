@@ -199,3 +199,26 @@ def test_prepare_model_for_gradient_checkpointing_marks_input_grads_as_peft():
         assert model.prepare_model_for_gradient_checkpointing(base) is None
         out = base.get_input_embeddings()(tm.token_batch())
         assert out.requires_grad
+
+
+@pytest.mark.parametrize("cls_name", ["PeftModelForCausalLM", "PeftModelForSeq2SeqLM", "PeftModelForSequenceClassification",
+                                      "PeftModelForTokenClassification", "PeftModelForQuestionAnswering",
+                                      "PeftModelForFeatureExtraction"])
+def test_task_classes_forward_has_peft_signature(cls_name):
+    """transformers' Trainer keeps the dataset columns the forward signature names (remove_unused_columns)."""
+    import inspect
+
+    import peft
+    assert inspect.signature(getattr(surgery, cls_name).forward) == inspect.signature(getattr(peft, cls_name).forward)
+
+
+def test_task_forward_binds_positional_arguments_by_peft_names():
+    from tests.support import tiny_models as tm
+    model = surgery.get_peft_model(tm.tiny_llama(), surgery.LoraConfig(task_type="CAUSAL_LM", target_modules=["q_proj"]))
+    ids = tm.token_batch()
+    mask = torch.ones_like(ids)
+    by_name = model(input_ids=ids, attention_mask=mask, labels=ids)
+    by_position = model(ids, mask, None, ids)   # input_ids, attention_mask, inputs_embeds, labels
+    torch.testing.assert_close(by_position.loss, by_name.loss)
+    with pytest.raises(TypeError, match="multiple values for input_ids"):
+        model(ids, input_ids=ids)
