@@ -16,7 +16,7 @@ from typing import Callable, Iterable, Union
 import torch
 from torch import nn
 
-from ..errors import AdapterNameError
+from ..errors import AdapterNameError, MergeError
 from ..graph.kinds import in_out_features
 from ..quantized import backend_of
 
@@ -200,6 +200,15 @@ class AdapterLayer(nn.Module):
             if adapter_name in holder:
                 del holder[adapter_name]
         self._active_adapters = [n for n in self._active_adapters if n != adapter_name]
+
+    def _layer_name(self) -> str:
+        return getattr(self, "_surgery_fqn", type(self.get_base_layer()).__name__)
+
+    def _non_finite(self, name: str) -> MergeError:
+        """The safe merge's refusal, in PEFT's words first (code matches them), then which layer and that the
+        layer was left as it was."""
+        return MergeError(f"NaNs detected in the merged weights. The adapter {name} seems to be broken: merging it "
+                          f"into {self._layer_name()} would produce NaN/inf weights; the layer was left unmerged")
 
     def supports_lora_conversion(self, adapter_name: str = "default") -> bool:
         """Whether convert_to_lora can express this layer's adapter as LoRA: layers whose adapter adds a

@@ -13,7 +13,6 @@ from typing import Optional
 import torch
 from torch import nn
 
-from ...errors import MergeError
 from ...graph.kinds import in_out_features
 from ..base_layer import AdapterLayer
 from .butterfly import rotate_rows, rotations
@@ -107,8 +106,7 @@ class BOFTLayer(AdapterLayer):
         for name in names:
             weight = self._fold(weight, name, +1)
             if safe and not torch.isfinite(weight).all():
-                raise MergeError(f"merging adapter {name!r} into {self._layer_name()} would produce NaN/inf "
-                                 f"weights; the layer was left unmerged")
+                raise self._non_finite(name)
         return weight
 
     def check_merge(self, adapter_names: Optional[list[str]] = None) -> None:
@@ -129,6 +127,3 @@ class BOFTLayer(AdapterLayer):
         while self.merged_adapters:
             name = self.merged_adapters.pop()
             base.weight.data.copy_(self._fold(base.weight.data, name, -1))
-
-    def _layer_name(self) -> str:
-        return getattr(self, "_surgery_fqn", type(self.get_base_layer()).__name__)

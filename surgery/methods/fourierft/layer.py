@@ -15,7 +15,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ...errors import MergeError
 from ...graph.kinds import in_out_features, is_conv1d
 from ..base_layer import AdapterLayer
 from .spectrum import apply_delta, dense_delta, prefers_fft, spectral_index, spectral_locations
@@ -133,10 +132,6 @@ class FourierFTLinear(AdapterLayer):
             if not torch.isfinite(weight).all():
                 raise self._non_finite(name)
 
-    def _non_finite(self, name: str) -> MergeError:
-        return MergeError(f"merging adapter {name!r} into {self._layer_name()} would produce NaN/inf weights; "
-                          f"the layer was left unmerged")
-
     @torch.no_grad()
     def merge(self, safe_merge: bool = False, adapter_names: Optional[list[str]] = None) -> None:
         weight = self.get_base_layer().weight
@@ -157,6 +152,3 @@ class FourierFTLinear(AdapterLayer):
         weight = self.get_base_layer().weight
         while self.merged_adapters:
             weight.data.sub_(self._delta_in_weight_layout(self.merged_adapters.pop()))
-
-    def _layer_name(self) -> str:
-        return getattr(self, "_surgery_fqn", type(self.get_base_layer()).__name__)

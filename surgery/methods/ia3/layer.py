@@ -17,7 +17,6 @@ from typing import Optional
 import torch
 from torch import nn
 
-from ...errors import MergeError
 from ...graph.kinds import in_out_features, is_conv1d
 from ..base_layer import AdapterLayer
 
@@ -126,8 +125,7 @@ class IA3Layer(AdapterLayer):
 
     def _refuse_non_finite(self, name: str, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> None:
         if not torch.isfinite(weight).all() or (bias is not None and not torch.isfinite(bias).all()):
-            raise MergeError(f"merging adapter {name!r} into {self._layer_name()} would produce NaN/inf weights; "
-                             f"the layer was left unmerged")
+            raise self._non_finite(name)
 
     @torch.no_grad()
     def merge(self, safe_merge: bool = False, adapter_names: Optional[list[str]] = None) -> None:
@@ -157,9 +155,6 @@ class IA3Layer(AdapterLayer):
             bias_scale = self._bias_scale(name, bias)
             if bias_scale is not None:
                 _times_(bias, bias_scale + _UNMERGE_EPS, divide=True)
-
-    def _layer_name(self) -> str:
-        return getattr(self, "_surgery_fqn", type(self.get_base_layer()).__name__)
 
 
 def _times_(param: torch.Tensor, factor: torch.Tensor, divide: bool = False) -> None:

@@ -51,7 +51,7 @@ class LNTuningLayer(AdapterLayer):
         if state["merged_adapters"] or not active:
             return modules["base_layer"](x, *args, **kwargs)
         if len(active) > 1:
-            raise ConfigError(f"{self._name()}: LN tuning runs one adapter at a time; active adapters are "
+            raise ConfigError(f"{self._layer_name()}: LN tuning runs one adapter at a time; active adapters are "
                               f"{active} (set_adapter one of them)")
         return modules["ln_tuning_layers"]._modules[active[0]](x, *args, **kwargs)
 
@@ -60,7 +60,7 @@ class LNTuningLayer(AdapterLayer):
         names = [n for n in (adapter_names or self._active_adapters)
                  if n in self.ln_tuning_layers and n not in self.merged_adapters]
         if len(names) > 1:
-            raise MergeError(f"{self._name()}: LN tuning merges one adapter at a time, not {names}; merge one "
+            raise MergeError(f"{self._layer_name()}: LN tuning merges one adapter at a time, not {names}; merge one "
                              f"(adapter_names=[...]) and unmerge it before merging another")
         return names
 
@@ -70,8 +70,7 @@ class LNTuningLayer(AdapterLayer):
         for name in self._to_merge(adapter_names):
             if not all(torch.isfinite(t).all() for t in self.ln_tuning_layers[name].state_dict().values()
                        if t.is_floating_point()):
-                raise MergeError(f"merging adapter {name!r} into {self._name()} would produce NaN/inf weights; "
-                                 f"the layer was left unmerged")
+                raise self._non_finite(name)
 
     def merge(self, safe_merge: bool = False, adapter_names: Optional[list[str]] = None) -> None:
         names = self._to_merge(adapter_names)
@@ -90,6 +89,3 @@ class LNTuningLayer(AdapterLayer):
 
     def _swap(self, name: str) -> None:
         self._modules["base_layer"], self.ln_tuning_layers[name] = self.ln_tuning_layers[name], self._modules["base_layer"]
-
-    def _name(self) -> str:
-        return getattr(self, "_surgery_fqn", type(self.get_base_layer()).__name__)

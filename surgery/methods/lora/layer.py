@@ -253,10 +253,6 @@ class LoraLayer(AdapterLayer):
             if self.use_dora[name]:
                 self.lora_magnitude_vector[name]._merge_norm = None
 
-    def _non_finite(self, name: str) -> MergeError:
-        return MergeError(f"merging adapter {name!r} into {self._layer_name()} would produce NaN/inf weights; "
-                          f"the layer was left unmerged")
-
     def merge(self, safe_merge: bool = False, adapter_names: Optional[list[str]] = None) -> None:
         names = self._to_merge(adapter_names)
         refusal = self.merge_refusal() if names else None
@@ -291,6 +287,3 @@ class LoraLayer(AdapterLayer):
         lora_B = self.lora_B[name] if name in self.lora_B else None
         if lora_B is not None and getattr(lora_B, "bias", None) is not None and base.bias is not None:
             base.bias.data.add_(lora_B.bias * self.scaling[name], alpha=sign)
-
-    def _layer_name(self) -> str:
-        return getattr(self, "_surgery_fqn", type(self.get_base_layer()).__name__)

@@ -38,7 +38,6 @@ from typing import Optional
 import torch
 from torch import nn
 
-from ...errors import MergeError
 from ...graph.walk import is_adapter_layer
 from .init import init_linear_like
 from .layer import LoraLayer, uninitialised_linear
@@ -208,10 +207,6 @@ class MultiheadAttention(LoraLayer):
             w_in.sub_(self.delta_weight(name).to(w_in.dtype))
             w_out.sub_(self.out_proj_layer.delta_weight(name).to(w_out.dtype))
         self.out_proj_layer.unmerge()
-
-    def _non_finite(self, name: str) -> MergeError:
-        return MergeError(f"merging adapter(s) {name} into {self._layer_name()} would produce NaN/inf weights; "
-                          f"the layer was left unmerged")
 
     def _restore_weights(self) -> None:
         """PEFT's hook to re-register the weights it swaps out around a forward; nothing is swapped out here."""

@@ -18,7 +18,6 @@ from typing import Optional
 
 import torch
 
-from ...errors import MergeError
 from ...graph.kinds import in_out_features
 from ..base_layer import AdapterLayer
 
@@ -154,11 +153,6 @@ class LycorisLayer(AdapterLayer):
             name = self.merged_adapters.pop()
             with torch.no_grad():
                 self.add_delta_(weight, name, -1)
-
-    def _non_finite(self, name: str) -> MergeError:
-        where = getattr(self, "_surgery_fqn", type(self.get_base_layer()).__name__)
-        return MergeError(f"merging adapter {name!r} into {where} would produce NaN/inf weights; "
-                          f"the layer was left unmerged")
 
     # -- PEFT's scale API (used by integrations that rescale adapters at run time) --------------------------
     def set_scale(self, adapter: str, scale: float) -> None:

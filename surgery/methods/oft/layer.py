@@ -20,7 +20,7 @@ from typing import Optional
 import torch
 from torch import nn
 
-from ...errors import MergeError, PlanError
+from ...errors import PlanError
 from ..base_layer import AdapterLayer
 from .blockwise import rotate
 from .rotation import OFTRotation
@@ -120,10 +120,3 @@ class OFTLayer(AdapterLayer):
         while self.merged_adapters:
             name = self.merged_adapters.pop()
             weight.copy_(self._folded(weight, self._inverse(self.rotations[name].merge_blocks())))
-
-    def _non_finite(self, name: str) -> MergeError:
-        return MergeError(f"merging OFT adapter {name!r} into {self._layer_name()} would produce NaN/inf weights; "
-                          f"the layer was left unmerged")
-
-    def _layer_name(self) -> str:
-        return getattr(self, "_surgery_fqn", type(self.get_base_layer()).__name__)

@@ -68,7 +68,7 @@ class TrainableTokensLayer(AdapterLayer):
             self._follow(adapter_name, tied_to)
         else:
             if self.follows is not None:
-                raise PlanError(f"{self._name()} follows the rows of the layer its weight is tied to; it cannot "
+                raise PlanError(f"{self._layer_name()} follows the rows of the layer its weight is tied to; it cannot "
                                 f"hold rows of its own")
             weight = self.get_base_layer().weight
             with torch.no_grad():
@@ -83,7 +83,7 @@ class TrainableTokensLayer(AdapterLayer):
     def _follow(self, adapter_name: str, leader: nn.Module) -> None:
         if self.follows is None:
             if self.adapter_names():
-                raise PlanError(f"{self._name()} holds rows of its own; it cannot also follow a tied layer")
+                raise PlanError(f"{self._layer_name()} holds rows of its own; it cannot also follow a tied layer")
             self._modules["trainable_tokens_delta"] = leader.trainable_tokens_delta
             self._modules["trainable_tokens_original"] = leader.trainable_tokens_original
             self.__dict__.update(token_indices=leader.token_indices, follows=[])
@@ -141,7 +141,7 @@ class TrainableTokensLayer(AdapterLayer):
             for index in self.token_indices[name]:
                 if index in seen and seen[index] != name:
                     raise MergeError(f"adapters {seen[index]!r} and {name!r} both train token {index} of "
-                                     f"{self._name()}; only adapters with disjoint token_indices combine")
+                                     f"{self._layer_name()}; only adapters with disjoint token_indices combine")
                 seen[index] = name
 
     # -- merge -----------------------------------------------------------------------------------------
@@ -166,8 +166,7 @@ class TrainableTokensLayer(AdapterLayer):
         for name in names:
             self._write(merged, name, self.trainable_tokens_delta[name])
             if not torch.isfinite(merged).all():
-                raise MergeError(f"merging adapter {name!r} into {self._name()} would produce NaN/inf weights; "
-                                 f"the layer was left unmerged")
+                raise self._non_finite(name)
         return merged
 
     @torch.no_grad()
@@ -192,6 +191,3 @@ class TrainableTokensLayer(AdapterLayer):
             name = self.merged_adapters.pop()
             if name in self.token_indices:   # else deleted by the leader, which put the tied rows back already
                 self._write(weight, name, self.trainable_tokens_original[name])
-
-    def _name(self) -> str:
-        return getattr(self, "_surgery_fqn", type(self.get_base_layer()).__name__)

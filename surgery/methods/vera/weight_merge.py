@@ -13,7 +13,6 @@ from typing import Optional
 
 import torch
 
-from ...errors import MergeError
 
 
 class WeightMerge:
@@ -23,11 +22,6 @@ class WeightMerge:
     def _to_merge(self, adapter_names: Optional[list[str]]) -> list[str]:
         present = self.adapter_names()
         return [n for n in (adapter_names or self._active_adapters) if n in present and n not in self.merged_adapters]
-
-    def _non_finite(self, name: str) -> MergeError:
-        where = getattr(self, "_surgery_fqn", type(self.get_base_layer()).__name__)
-        return MergeError(f"merging adapter {name!r} into {where} would produce NaN/inf weights; the layer was "
-                          f"left unmerged")
 
     @torch.no_grad()
     def check_merge(self, adapter_names: Optional[list[str]] = None) -> None:
