@@ -35,6 +35,9 @@ class SharedBuffers(nn.Module):
         self._buffers.pop(adapter_name, None)
         self._non_persistent_buffers_set.discard(adapter_name)
 
+    def __contains__(self, adapter_name: str) -> bool:   # PEFT's BufferDict answers `name in holder`
+        return adapter_name in self._buffers
+
     def persistent(self, adapter_name: str) -> bool:
         return adapter_name in self._buffers and adapter_name not in self._non_persistent_buffers_set
 

@@ -10,13 +10,14 @@ an adapter loaded for inference gets its values from the checkpoint.
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Callable, Optional
 
 import torch
 from torch import nn
 
 from .config import PromptTuningInit
-from ...errors import ConfigError
+from ...errors import ConfigError, PeftWarning
 
 
 class PromptEmbedding(nn.Module):
@@ -47,12 +48,13 @@ def _sample_vocab(config, word_embeddings, total: int) -> torch.Tensor:
 
 def _text(config, word_embeddings, total: int) -> torch.Tensor:
     ids = text_token_ids(config)
-    if len(ids) > total:
-        raise ConfigError(
+    if len(ids) > total:   # PEFT keeps the first tokens; say so, since the prompt then starts from part of it
+        warnings.warn(
             f"prompt_tuning_init_text is {len(ids)} tokens long (with special tokens) but the prompt has only "
             f"{total} virtual tokens (num_virtual_tokens={config.num_virtual_tokens} x "
-            f"num_transformer_submodules={config.num_transformer_submodules or 1}); raise num_virtual_tokens to "
-            f"at least {math.ceil(len(ids) / (config.num_transformer_submodules or 1))} or shorten the text")
+            f"num_transformer_submodules={config.num_transformer_submodules or 1}): it starts from the first "
+            f"{total} tokens, as in PEFT; raise num_virtual_tokens to at least "
+            f"{math.ceil(len(ids) / (config.num_transformer_submodules or 1))} to use all of it", PeftWarning)
     ids = (ids * math.ceil(total / len(ids)))[:total]  # a short text is repeated to fill the prompt
     weight = _weight_of(word_embeddings)
     return word_embeddings(torch.tensor(ids, dtype=torch.long, device=weight.device))

@@ -131,11 +131,18 @@ def test_calls_that_make_no_sense_for_prompt_learning():
         lora.get_prompt(2)
 
 
-def test_text_init_longer_than_the_prompt_is_refused(word_tokenizer):
+def test_text_init_longer_than_the_prompt_keeps_its_first_tokens_with_a_warning(word_tokenizer):
+    """As PEFT: the prompt starts from the text's first tokens; unlike PEFT, a warning says so."""
     config = surgery.PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=3, prompt_tuning_init="TEXT",
                                         prompt_tuning_init_text="classify the sentiment of this review",
                                         tokenizer_name_or_path=str(word_tokenizer))
-    _refused(tm.tiny_gpt2(), config, ConfigError, "6 tokens long .* only 3 virtual tokens")
+    base = tm.tiny_gpt2()
+    with pytest.warns(surgery.PeftWarning, match="6 tokens long .* only 3 virtual tokens.* first 3 tokens"):
+        model = surgery.get_peft_model(base, config)
+    from transformers import AutoTokenizer
+    ids = AutoTokenizer.from_pretrained(str(word_tokenizer))(config.prompt_tuning_init_text)["input_ids"][:3]
+    prompt = model.get_prompt_embedding_to_save("default")
+    torch.testing.assert_close(prompt, base.get_input_embeddings().weight[ids].detach())
 
 
 def test_a_missing_tokenizer_is_a_clear_error(tmp_path):

@@ -39,6 +39,8 @@ MAPPED: dict[str, dict[str, str]] = {
         "PEFT_TYPE_TO_CONFIG_MAPPING", "PEFT_TYPE_TO_TUNER_MAPPING", "PEFT_TYPE_TO_PREFIX_MAPPING",
         "get_peft_config", "inject_adapter_in_model")},
     "peft.mapping_func": {"get_peft_model": "surgery:get_peft_model"},
+    # PEFT's per-adapter buffer container; surgery's is the tuner's holder of per-adapter shared tensors
+    "peft.tuners._buffer_dict": {"BufferDict": "surgery.facade.tuner:SharedBuffers"},
     "peft.utils": {
         "ModulesToSaveWrapper": "surgery.rewrite.modules_to_save:ModulesToSaveWrapper",
         # PEFT's base of its auxiliary wrappers; surgery's one auxiliary wrapper is the modules_to_save copy
