@@ -25,3 +25,19 @@ def validate_adapter_name(name) -> str:
     if name in _RESERVED:
         raise AdapterNameError(f"adapter_name = {name!r} collides with a module attribute; choose another name")
     return name
+
+
+class GenerationNames(tuple):
+    """adapter_names (one per sample) given to generate(): generation repeats each sample k times (beams,
+    returned sequences), so a layer that sees k times as many rows gives each sample's copies its adapter."""
+
+
+def names_for_rows(batch_adapters: tuple, rows: int) -> tuple:
+    """One adapter name per row of a batch of `rows` (see GenerationNames); a clear error otherwise."""
+    if rows == len(batch_adapters):
+        return batch_adapters
+    if isinstance(batch_adapters, GenerationNames) and batch_adapters and rows % len(batch_adapters) == 0:
+        copies = rows // len(batch_adapters)
+        return tuple(name for name in batch_adapters for _ in range(copies))
+    raise AdapterNameError(f"adapter_names has {len(batch_adapters)} entries but the batch has {rows} samples; "
+                           f"give one adapter name (or {BASE_NAME!r}) per sample")

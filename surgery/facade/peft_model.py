@@ -26,7 +26,7 @@ from ..config.base import PeftConfig
 from ..errors import AdapterNameError, ConfigError, ConfigTypeError, MethodAttributeError, PeftWarning
 from ..quantized import stored_numel
 from ..methods.registry import exposed_by, get_method, model_api
-from ..naming import BASE_NAME, validate_adapter_name
+from ..naming import BASE_NAME, GenerationNames, validate_adapter_name
 from ..plan.model import Plan, trainable_line
 from ..rewrite.trainable import adapter_layers
 from .injected import InjectedState
@@ -194,7 +194,8 @@ class PeftModel(PersistenceMixin, TrainingMixin, PushToHubMixin, nn.Module):
         if state is not None:
             self._refuse_per_sample(adapter_names)
             return state.generate_call(args, kwargs)
-        with self._per_sample_adapters(adapter_names, args, kwargs):
+        names = GenerationNames(adapter_names) if adapter_names is not None else None   # beams repeat samples
+        with self._per_sample_adapters(names, args, kwargs):
             return self.get_base_model().generate(*args, **kwargs)
 
     def _refuse_per_sample(self, adapter_names) -> None:
@@ -225,7 +226,7 @@ class PeftModel(PersistenceMixin, TrainingMixin, PushToHubMixin, nn.Module):
         if rows is not None and rows != len(adapter_names):
             raise ConfigError(f"Length of `adapter_names` should be the same as the number of inputs, but got "
                               f"{len(adapter_names)} and {rows} respectively.")
-        names = tuple(adapter_names)
+        names = adapter_names if isinstance(adapter_names, GenerationNames) else tuple(adapter_names)
         for layer in layers:
             layer._batch_adapters = names
         try:

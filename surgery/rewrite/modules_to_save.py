@@ -11,6 +11,8 @@ from typing import Iterable, Union
 import torch
 from torch import nn
 
+from ..naming import names_for_rows
+
 
 class ModulesToSaveWrapper(nn.Module):
     _surgery_adapter_layer = True
@@ -98,6 +100,7 @@ class ModulesToSaveWrapper(nn.Module):
             return self._current()(*args, **kwargs)
         # One head per sample: run each copy on the whole batch, keep its own rows (heads are small).
         out = self.original_module(*args, **kwargs)
+        batch_adapters = names_for_rows(batch_adapters, out.shape[0])
         for name in dict.fromkeys(batch_adapters):
             if name in self.modules_to_save:
                 rows = torch.tensor([i for i, a in enumerate(batch_adapters) if a == name], device=out.device)

@@ -78,3 +78,24 @@ def test_mixed_generate_greedy_matches_single_adapter(three_adapters):
     three_adapters.set_adapter("b")
     ref = three_adapters.generate(input_ids=x, attention_mask=torch.ones_like(x), max_new_tokens=4, do_sample=False)
     assert torch.equal(out, ref)
+
+
+@pytest.mark.parametrize("gen", [dict(num_beams=3), dict(do_sample=True, top_k=1, num_return_sequences=2)],
+                         ids=["beams", "return-sequences"])
+def test_mixed_batch_generation_with_repeated_samples_equals_per_sample_generation(three_adapters, gen):
+    """Generation repeats each sample (beams, returned sequences): each copy keeps its sample's adapter."""
+    x = tiny_models.token_batch(batch=3)
+    names = ["default", "__base__", "b"]
+    kwargs = dict(max_new_tokens=4, pad_token_id=0, **gen)
+    torch.manual_seed(0)
+    mixed = three_adapters.generate(input_ids=x, adapter_names=names, **kwargs)
+    copies = mixed.shape[0] // 3
+    for i, name in enumerate(names):
+        torch.manual_seed(0)
+        alone = three_adapters.generate(input_ids=x[i:i + 1], adapter_names=[name], **kwargs)
+        torch.testing.assert_close(mixed[i * copies:(i + 1) * copies], alone)   # top_k=1: deterministic
+
+
+def test_a_wrong_number_of_names_is_still_refused_in_a_forward(three_adapters):
+    with pytest.raises(SurgeryError, match="adapter_names"):
+        three_adapters(tiny_models.token_batch(batch=4), adapter_names=["default", "b"])

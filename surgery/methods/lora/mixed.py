@@ -14,8 +14,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ...errors import SurgeryError
-from ...naming import BASE_NAME
+from ...naming import names_for_rows
 
 
 def _versions(layer, names) -> tuple:
@@ -63,9 +62,7 @@ def _stackable(layer, batch_adapters) -> bool:
 
 
 def mixed_adapter_output(layer, x: torch.Tensor, result: torch.Tensor, batch_adapters: tuple[str, ...]):
-    if x.shape[0] != len(batch_adapters):
-        raise SurgeryError(f"adapter_names has {len(batch_adapters)} entries but the batch has {x.shape[0]} "
-                           f"samples; give one adapter name (or {BASE_NAME!r}) per sample")
+    batch_adapters = names_for_rows(batch_adapters, x.shape[0])
     if _stackable(layer, batch_adapters):
         names, A, B = _stacks(layer)
         slots = _slots(layer, names, batch_adapters, x.device)
