@@ -267,9 +267,9 @@ class PeftModel(PersistenceMixin, TrainingMixin, PushToHubMixin, nn.Module):
     def set_requires_grad(self, adapter_names: Union[str, list[str]], requires_grad: bool = True) -> None:
         """Turn gradients on or off for these adapters (PEFT's API; not for methods that add inputs)."""
         if self._injected_states():
-            raise ConfigTypeError(f"set_requires_grad is not supported for prompt learning methods like "
-                                  f"{self.active_peft_config.peft_type.value}: their parameters live in the "
-                                  f"injected state, set requires_grad on those")
+            raise ConfigTypeError(f"Setting `requires_grad` is not supported for prompt learning methods like "
+                                  f"{self.active_peft_config.peft_type.value}. Their parameters live in the "
+                                  f"injected state (model.prompt_encoder): set requires_grad on those")
         self.base_model.set_requires_grad(adapter_names, requires_grad)
 
     def get_layer_status(self):
