@@ -49,13 +49,13 @@ class IA3Layer(AdapterLayer):
             logger.warning("%s scales its %s (fixed by its first adapter, as in PEFT); adapter %r follows it",
                            self._layer_name(), "input" if self.is_feedforward else "output", adapter_name)
         weight = self.get_base_layer().weight
-        shape = self.vector_shape()
+        shape, dtype = self.vector_shape(), self.base_float_dtype()   # float32 on a quantized base, as PEFT
         if weight.device.type == "meta":
-            vector = torch.empty(shape, device="meta", dtype=weight.dtype)
+            vector = torch.empty(shape, device="meta", dtype=dtype)
         elif config.init_ia3_weights:
-            vector = torch.ones(shape, device=weight.device, dtype=weight.dtype)
+            vector = torch.ones(shape, device=weight.device, dtype=dtype)
         else:   # drawn in float32 on the CPU, then moved: the same numbers as PEFT for the same seed
-            vector = torch.randn(shape).to(weight.device, dtype=weight.dtype)
+            vector = torch.randn(shape).to(weight.device, dtype=dtype)
         self.ia3_l[adapter_name] = nn.Parameter(vector)
         self.mark_new_adapter(adapter_name, config)
 

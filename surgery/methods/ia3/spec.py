@@ -16,8 +16,9 @@ from .conv import Conv
 from .defaults import DEFAULT_TARGETS, resolve_feedforward
 from .linear import Linear
 from .model import IA3Model
+from .quantized import QUANTIZED_HANDLERS
 
-HANDLERS = (
+HANDLERS = QUANTIZED_HANDLERS + (
     Handler(is_linear_like, Linear, "torch.nn.Linear, transformers.pytorch_utils.Conv1D"),
     Handler(lambda m: isinstance(m, (nn.Conv2d, nn.Conv3d)), Conv, "torch.nn.Conv2d/3d"),
 )

@@ -1,0 +1,84 @@
+"""(IA)^3 over bitsandbytes 4-bit and 8-bit bases: PEFT's outputs and training, plus merges PEFT refuses."""
+from __future__ import annotations
+
+import warnings
+
+import peft
+import pytest
+import torch
+
+import surgery
+from surgery.quantized import backend_of
+from tests.support import tiny_models as tm
+from tests.support.quantized_models import quantized
+
+KINDS = ["nf4", "int8"]
+FEEDFORWARD = {"output": [], "input": ["down_proj"]}
+
+
+def _pair(kind, scales):
+    kwargs = dict(target_modules=["q_proj", "v_proj", "down_proj"], feedforward_modules=FEEDFORWARD[scales],
+                  init_ia3_weights=False)
+    bases = quantized(kind), quantized(kind)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.manual_seed(0)
+        theirs = peft.get_peft_model(bases[0], peft.IA3Config(**kwargs))
+        ours = surgery.get_peft_model(bases[1], surgery.IA3Config(**kwargs))
+    surgery.set_peft_model_state_dict(ours, peft.get_peft_model_state_dict(theirs))
+    return ours, theirs
+
+
+def _exact(model, ids):
+    """Logits with the quantized layers in training mode (bitsandbytes' exact path; see test_qlora_parity)."""
+    model.eval()
+    layers = [m for m in model.modules() if backend_of(m) is not None]
+    for m in layers:
+        m.train()
+    out = model(input_ids=ids).logits.detach()
+    for m in layers:
+        m.eval()
+    return out
+
+
+@pytest.mark.parametrize("scales", list(FEEDFORWARD))
+@pytest.mark.parametrize("kind", KINDS)
+def test_outputs_and_three_training_steps_equal_peft(kind, scales):
+    ours, theirs = _pair(kind, scales)
+    layer = ours.base_model.model.model.layers[0].self_attn.q_proj
+    assert type(layer).__name__ == {"nf4": "Linear4bit", "int8": "Linear8bitLt"}[kind]
+    assert layer.ia3_l["default"].dtype == torch.float32
+    ids = tm.token_batch(batch=4)
+    with torch.no_grad():
+        torch.testing.assert_close(ours(input_ids=ids).logits, theirs(input_ids=ids).logits, atol=1e-5, rtol=0)
+    optimizers = [torch.optim.AdamW([p for p in m.parameters() if p.requires_grad], lr=1e-2) for m in (ours, theirs)]
+    for model in (ours, theirs):
+        model.train()
+    for _ in range(3):
+        losses = []
+        for model, optimizer in zip((ours, theirs), optimizers):
+            loss = model(input_ids=ids, labels=ids).loss
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad()
+            losses.append(loss.item())
+        assert losses[0] == pytest.approx(losses[1], abs=1e-5)
+
+
+@pytest.mark.parametrize("scales", list(FEEDFORWARD))
+@pytest.mark.parametrize("kind", KINDS)
+def test_merges_peft_refuses(kind, scales):
+    ours, theirs = _pair(kind, scales)
+    with pytest.raises(ValueError, match="Cannot merge ia3 layers"):
+        theirs.merge_and_unload()
+    ids = tm.token_batch()
+    expected = _exact(ours, ids)
+    full = _pair(kind, scales)[0].merge_and_unload(dequantize=True)
+    with torch.no_grad():
+        torch.testing.assert_close(full(input_ids=ids).logits, expected, atol=1e-4, rtol=0)
+    with pytest.warns(surgery.PeftWarning, match="quantized base layer"):
+        ours.merge_adapter()
+    merged = _exact(ours, ids)
+    assert (merged - expected).abs().max() < 0.2 and not torch.equal(merged, expected)   # requantized: rounded
+    ours.unmerge_adapter()
+    assert not any(getattr(m, "merged_adapters", None) for m in ours.modules())
