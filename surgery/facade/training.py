@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Optional
 
 from ..graph.walk import iter_modules
+from ..quantized import ready_for_training
 
 
 def _outputs_require_grad(module, inputs, output):
@@ -45,6 +46,15 @@ def _mark_input_grads(model) -> None:
 
 
 class TrainingMixin:
+    def train(self, mode: bool = True):
+        """nn.Module.train; entering training mode also puts every quantized base weight back in the layout
+        its library trains through (bitsandbytes' 4-bit CPU inference repacking has no backward)."""
+        super().train(mode)
+        if mode:
+            for module in self.modules():
+                ready_for_training(module)
+        return self
+
     def prepare_model_for_gradient_checkpointing(self, model) -> None:
         """PEFT's: unless `model` is quantized (prepare_model_for_kbit_training handles those), make its input
         embeddings' output require grad, so checkpointed blocks reach the adapters."""

@@ -2,6 +2,6 @@
 weight as a dense matrix, writes a new one back, and what the plan reports about it. Method-blind: each
 method's handler table has one row per quantized type and builds its layer on `backend_of(module)`."""
 from .backend import QuantBackend
-from .backends import BACKENDS, backend_of, describe, stored_numel
+from .backends import BACKENDS, backend_of, describe, ready_for_training, stored_numel
 
-__all__ = ["BACKENDS", "QuantBackend", "backend_of", "describe", "stored_numel"]
+__all__ = ["BACKENDS", "QuantBackend", "backend_of", "describe", "ready_for_training", "stored_numel"]

@@ -19,4 +19,7 @@ class QuantBackend:
     weight_bytes: Callable[[nn.Module], int]           # the stored weight with its scales (meta modules too)
     compute_dtype: Callable[[nn.Module], torch.dtype]  # the dtype the base computes in (and dequantizes to)
     stored_numel: Optional[Callable[[torch.Tensor], Optional[int]]] = None
+    # puts the weight back in the layout the library's training path needs (bitsandbytes repacks 4-bit weights
+    # for its CPU inference kernel, which has no backward: training on them after an eval pass is wrong)
+    ready_for_training: Optional[Callable[[nn.Module], None]] = None
     install_hint: str = ""

@@ -43,3 +43,11 @@ def stored_numel(param: torch.Tensor) -> int:
             if count is not None:
                 return count
     return param.numel()
+
+
+def ready_for_training(module: nn.Module) -> None:
+    """Before a training forward through a quantized base: undo what its library did for inference that its
+    training path cannot use (see QuantBackend.ready_for_training); nothing for a plain module."""
+    backend = backend_of(module)
+    if backend is not None and backend.ready_for_training is not None:
+        backend.ready_for_training(module)

@@ -105,7 +105,8 @@ BNB_4BIT = QuantBackend(
     name="bnb-4bit", label="bitsandbytes.nn.Linear4bit",
     accepts=lambda m: _is(m, "Linear4bit"),
     dequantize=_dequantize_4bit, requantize=_requantize_4bit, describe=_describe_4bit, weight_bytes=_bytes_4bit,
-    compute_dtype=_compute_4bit, stored_numel=_numel_4bit, install_hint=INSTALL_HINT)
+    compute_dtype=_compute_4bit, stored_numel=_numel_4bit, install_hint=INSTALL_HINT,
+    ready_for_training=_unpacked_4bit)
 
 
 # -- 8-bit -------------------------------------------------------------------------------------------------

@@ -11,6 +11,7 @@ from typing import Optional
 
 import torch
 
+from ...quantized import ready_for_training
 from ...quantized.bnb import BNB_4BIT, BNB_8BIT
 from ..spec import Handler
 from .layer import _UNMERGE_EPS
@@ -18,7 +19,13 @@ from .linear import Linear
 
 
 class _QuantizedMerge:
-    """Merge / unmerge through the dense weight (dequantize, scale, requantize)."""
+    """Merge / unmerge through the dense weight (dequantize, scale, requantize); training forwards on the
+    weight layout bitsandbytes can differentiate (an eval pass may have repacked it)."""
+
+    def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        if self.training:
+            ready_for_training(self.get_base_layer())
+        return super().forward(x, *args, **kwargs)
 
     @torch.no_grad()
     def check_merge(self, adapter_names: Optional[list[str]] = None) -> None:

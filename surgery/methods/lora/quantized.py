@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import torch
 
+from ...quantized import ready_for_training
 from ...quantized.bnb import BNB_4BIT, BNB_8BIT
 from ..spec import Handler
 from .fused_quantized import fused_quantized_forward
@@ -22,6 +23,8 @@ class Linear4bit(Linear):
     """LoRA on a bitsandbytes Linear4bit (nf4 / fp4); training runs one fused node (fused_quantized.py)."""
 
     def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        if self.training:   # an eval pass may have repacked the weight for bitsandbytes' backward-less kernel
+            ready_for_training(self.get_base_layer())
         if not args and not kwargs:
             out = fused_quantized_forward(self, x)
             if out is not None:

@@ -14,6 +14,7 @@ from torch import nn
 
 from ...errors import PlanError
 from ...graph.kinds import in_out_features, is_conv1d
+from ...quantized import ready_for_training
 from ..base_layer import AdapterLayer
 from .delta import vera_output
 from .fused import fused_forward
@@ -73,6 +74,8 @@ class Linear(WeightMerge, AdapterLayer):
 
     # -- forward ---------------------------------------------------------------------------------------
     def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        if self.training:   # a quantized base repacked by an eval pass cannot be trained through (bitsandbytes)
+            ready_for_training(self.get_base_layer())
         if not args and not kwargs:
             out = fused_forward(self, x)     # one adapter on a plain base: base + adapter in one node
             if out is not None:

@@ -6,6 +6,7 @@ from torch import nn
 
 from ...config.enums import PeftType
 from ...graph.kinds import in_out_features, is_linear_like
+from ...quantized.bnb import BNB_4BIT, BNB_8BIT
 from ..fan_in_fan_out import settle_fan_in_fan_out
 from ..default_targets import VERA
 from ..spec import Handler, MethodSpec, RewriteSite
@@ -16,7 +17,13 @@ from .projections import shared_state
 
 DEFAULT_TARGETS = VERA   # PEFT's table for this method (methods/default_targets.py)
 
-HANDLERS = (Handler(is_linear_like, Linear, "torch.nn.Linear, transformers.pytorch_utils.Conv1D"),)
+HANDLERS = (
+    # PEFT wraps bitsandbytes' quantized linears in its plain vera.Linear too; merges go through the
+    # dequantized weight (AdapterLayer.dense_base_weight / store_base_weight)
+    Handler(BNB_4BIT.accepts, Linear, BNB_4BIT.label, backend=BNB_4BIT),
+    Handler(BNB_8BIT.accepts, Linear, BNB_8BIT.label, backend=BNB_8BIT),
+    Handler(is_linear_like, Linear, "torch.nn.Linear, transformers.pytorch_utils.Conv1D"),
+)
 
 
 def rewrite_params(site: RewriteSite) -> dict:

@@ -26,7 +26,7 @@ class WeightMerge:
     @torch.no_grad()
     def check_merge(self, adapter_names: Optional[list[str]] = None) -> None:
         """Raise MergeError if a safe merge of these adapters would produce NaN/inf; changes nothing."""
-        weight = self.get_base_layer().weight.data.clone()
+        weight = self.dense_base_weight().clone()
         for name in self._to_merge(adapter_names):
             weight = self.merged_weight(weight, name, +1)
             if not torch.isfinite(weight).all():
@@ -34,20 +34,21 @@ class WeightMerge:
 
     @torch.no_grad()
     def merge(self, safe_merge: bool = False, adapter_names: Optional[list[str]] = None) -> None:
-        base = self.get_base_layer()
         for name in self._to_merge(adapter_names):
+            weight = self.dense_base_weight()   # a quantized base: its dequantized copy (stored requantized)
             if safe_merge:
-                merged = self.merged_weight(base.weight.data.clone(), name, +1)
+                merged = self.merged_weight(weight.clone(), name, +1)
                 if not torch.isfinite(merged).all():
                     raise self._non_finite(name)
-                base.weight.data.copy_(merged)
+                if merged.dtype == weight.dtype and weight.data_ptr() == self.get_base_layer().weight.data_ptr():
+                    merged = weight.copy_(merged)   # a plain base keeps its storage
             else:
-                base.weight.data = self.merged_weight(base.weight.data, name, +1)
+                merged = self.merged_weight(weight, name, +1)
+            self.store_base_weight(merged)
             self.merged_adapters.append(name)
 
     @torch.no_grad()
     def unmerge(self) -> None:
-        base = self.get_base_layer()
         while self.merged_adapters:
             name = self.merged_adapters.pop()
-            base.weight.data = self.merged_weight(base.weight.data, name, -1)
+            self.store_base_weight(self.merged_weight(self.dense_base_weight(), name, -1))

@@ -1,0 +1,53 @@
+"""VeRA over bitsandbytes 4-bit and 8-bit bases: PEFT's outputs, training and merges."""
+from __future__ import annotations
+
+import warnings
+
+import peft
+import pytest
+import torch
+
+import surgery
+from tests.support import tiny_models as tm
+from tests.support.quantized_models import quantized
+
+KWARGS = dict(target_modules=["q_proj", "k_proj"], r=8, init_weights=False)
+
+
+def _pair(kind):
+    bases = quantized(kind), quantized(kind)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.manual_seed(0)
+        theirs = peft.get_peft_model(bases[0], peft.VeraConfig(**KWARGS))
+        ours = surgery.get_peft_model(bases[1], surgery.VeraConfig(**KWARGS))
+    surgery.set_peft_model_state_dict(ours, peft.get_peft_model_state_dict(theirs))
+    return ours, theirs
+
+
+@pytest.mark.parametrize("kind", ["nf4", "int8"])
+def test_outputs_training_and_merge_equal_peft(kind):
+    ours, theirs = _pair(kind)
+    assert type(ours.base_model.model.model.layers[0].self_attn.q_proj).__name__ == "Linear"   # PEFT's class
+    ids = tm.token_batch(batch=4)
+    optimizers = [torch.optim.AdamW([p for p in m.parameters() if p.requires_grad], lr=1e-2) for m in (ours, theirs)]
+    for model in (ours, theirs):
+        model.train()
+    for _ in range(3):
+        losses = []
+        for model, optimizer in zip((ours, theirs), optimizers):
+            loss = model(input_ids=ids, labels=ids).loss
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad()
+            losses.append(loss.item())
+        assert losses[0] == pytest.approx(losses[1], abs=1e-5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        a, b = ours.merge_and_unload().state_dict(), theirs.merge_and_unload().state_dict()
+    assert a.keys() == b.keys()
+    for key in a:   # requantized with the same settings: the same codes and scales
+        if a[key].is_floating_point():
+            torch.testing.assert_close(a[key], b[key], atol=1e-6, rtol=0)
+        else:
+            assert (a[key].int() - b[key].int()).abs().max() <= (1 if kind == "int8" else 0), key
