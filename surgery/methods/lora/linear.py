@@ -5,6 +5,8 @@
 """
 from __future__ import annotations
 
+import math
+
 import torch
 
 from .fused import fused_forward
@@ -26,10 +28,20 @@ class Linear(LoraLayer):
     def add_delta_(self, weight: torch.Tensor, name: str, sign: int, round_first: bool = False) -> torch.Tensor:
         A = self.lora_A[name].weight
         B = self.lora_B[name].weight
-        if not (A.dtype == B.dtype == weight.dtype):
-            return super().add_delta_(weight, name, sign, round_first)
-        # addmm_ folds s * B @ A in without allocating the out x in delta.
         alpha = sign * self.scaling[name]
-        if self.fan_in_fan_out:
-            return weight.addmm_(A.T, B.T, alpha=alpha)
-        return weight.addmm_(B, A, alpha=alpha)
+        left, right = (A.T, B.T) if self.fan_in_fan_out else (B, A)
+        if A.dtype == B.dtype == weight.dtype:
+            # addmm_ folds s * B @ A in without allocating the out x in delta.
+            return weight.addmm_(left, right, alpha=alpha)
+        if round_first or A.dtype != torch.float32 or B.dtype != torch.float32 or not weight.is_floating_point():
+            return super().add_delta_(weight, name, sign, round_first)
+        # float32 factors on a half-precision weight, PEFT's arithmetic: round(W + s * (B @ A)) computed at
+        # float32. Through a float32 copy of W (fast conversions) instead of a mixed-dtype add (CPU bf16: 65x
+        # the float32 merge for PEFT users, peft#1977); a power-of-two s scales exactly, so addmm's alpha
+        # rounds as the separate product and scaling do.
+        merged = weight.float()
+        if math.frexp(abs(alpha))[0] == 0.5:
+            merged.addmm_(left, right, alpha=alpha)
+        else:
+            merged.add_(torch.mm(left, right).mul_(alpha))
+        return weight.copy_(merged)

@@ -120,3 +120,22 @@ def test_float32_adapters_train_and_only_they_change():
     opt.step()
     changed = [n for n, p in model.named_parameters() if p.requires_grad and not torch.equal(p, trainable[n])]
     assert any("lora_A" in n for n in changed) and any("lora_B" in n for n in changed)
+
+
+@pytest.mark.parametrize("r, alpha", [(4, 8), (6, 8), (16, 7)], ids=["s=2", "s=4/3", "s=7/16"])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+def test_half_precision_merges_equal_peft_bit_for_bit(dtype, r, alpha):
+    """The fast path for float32 factors on a half-precision weight (a float32 copy of W instead of a mixed-
+    dtype add) keeps PEFT's roundings, for scalings that are powers of two and for those that are not."""
+    import peft
+
+    from tests.support import tiny_models as tm
+    base = tm.tiny_llama().to(dtype)
+    theirs = peft.get_peft_model(copy.deepcopy(base), peft.LoraConfig(r=r, lora_alpha=alpha,
+                                                                      target_modules=["q_proj", "down_proj"]))
+    perturb_adapters(theirs, biases=False)
+    ours = surgery.get_peft_model(copy.deepcopy(base), surgery.LoraConfig(r=r, lora_alpha=alpha,
+                                                                          target_modules=["q_proj", "down_proj"]))
+    ours.load_state_dict(theirs.state_dict())
+    a, b = ours.merge_and_unload().state_dict(), theirs.merge_and_unload().state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in b)
