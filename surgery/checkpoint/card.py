@@ -8,6 +8,7 @@ import yaml
 from .atomic import atomic_write_text
 
 DEFAULT_BODY = "\n# Adapter\n\nA parameter-efficient adapter saved by surgery in the PEFT format.\n"
+QUANTIZATION_PREFIX = "The following `bitsandbytes` quantization config was used during training:"   # PEFT's
 
 
 def update_model_card(directory: Path, *, base_model: str | None, method: str, version: str,
@@ -28,8 +29,9 @@ def update_model_card(directory: Path, *, base_model: str | None, method: str, v
     if "## Framework versions" not in body:
         lines += ["", "## Framework versions", ""]
     lines.append(f"- surgery {version}")
-    if quantization:
-        lines.append(f"- surgery quantization: {quantization}")
+    if quantization and QUANTIZATION_PREFIX not in lines:   # PEFT's section, once
+        lines += ["", "## Training procedure", "", QUANTIZATION_PREFIX]
+        lines += [f"- {name}: {value}" for name, value in quantization.items()]
     text = "---\n" + yaml.safe_dump(meta, sort_keys=False) + "---\n" + "\n".join(lines).rstrip() + "\n"
     atomic_write_text(path, text)
 

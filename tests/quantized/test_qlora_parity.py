@@ -251,3 +251,38 @@ def test_training_after_an_eval_pass_equals_training_without_it(method):
     assert grads[0].keys() == grads[1].keys() and all(g is not None for g in grads[1].values())
     for key, value in grads[0].items():
         assert (grads[1][key] - value).norm() <= 0.02 * value.norm(), key
+
+
+@pytest.mark.parametrize("trained_on, loaded_on", [("float", "nf4"), ("nf4", "float"), ("float", "int8")])
+def test_adapters_move_between_full_precision_and_quantized_bases_as_in_peft(tmp_path, trained_on, loaded_on):
+    from tests.support import quantized_models as qm
+
+    def base(kind):
+        if kind == "float":
+            from transformers import AutoModelForCausalLM
+            return AutoModelForCausalLM.from_pretrained(qm._saved("llama", torch.float32, **qm.SIZES["llama"]))
+        return quantized(kind)
+
+    source = base(trained_on)
+    torch.manual_seed(0)
+    model = surgery.get_peft_model(source, surgery.LoraConfig(r=4, target_modules=TARGETS["llama"],
+                                                              init_lora_weights=False))
+    model.save_pretrained(tmp_path)
+    ids = tm.token_batch()
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        ours = surgery.PeftModel.from_pretrained(base(loaded_on), str(tmp_path))
+        theirs = peft.PeftModel.from_pretrained(base(loaded_on), str(tmp_path))
+        torch.testing.assert_close(ours(input_ids=ids).logits, theirs(input_ids=ids).logits, atol=1e-5, rtol=0)
+    saved = surgery.get_peft_model_state_dict(model)
+    for key, value in surgery.get_peft_model_state_dict(ours).items():
+        assert torch.equal(value, saved[key])
+
+
+def test_the_model_card_records_the_quantization(tmp_path):
+    ours, _ = _pair("nf4", "llama")
+    ours.save_pretrained(tmp_path)
+    ours.save_pretrained(tmp_path)   # a second save keeps one section
+    card = (tmp_path / "README.md").read_text()
+    prefix = "The following `bitsandbytes` quantization config was used during training:"   # PEFT's words
+    assert card.count(prefix) == 1 and "- bnb_4bit_quant_type: nf4" in card and "- load_in_4bit: True" in card
