@@ -49,9 +49,11 @@ MAPPED: dict[str, dict[str, str]] = {
         "_get_submodules": "peft._glue:get_submodules",
         "infer_device": "peft._glue:infer_device",
         "PeftType": "surgery:PeftType",
+        "prepare_model_for_kbit_training": "surgery:prepare_model_for_kbit_training",
         "TaskType": "surgery:TaskType",
     },
     "peft.utils.other": {
+        "prepare_model_for_kbit_training": "surgery:prepare_model_for_kbit_training",
         "ModulesToSaveWrapper": "surgery.rewrite.modules_to_save:ModulesToSaveWrapper",
         "AuxiliaryTrainingWrapper": "surgery.rewrite.modules_to_save:ModulesToSaveWrapper",
     },

@@ -36,7 +36,7 @@ INTERNALS_WITHOUT_COUNTERPART = (
     "_find_minimal_target_modules", "_get_tuner_state_dict_key_prefixes", "_filter_state_dict_by_key_prefixes",
     "_maybe_include_all_linear_layers", "inspect_matched_modules", "MIN_TARGET_MODULES_FOR_OPTIMIZATION",
     "_get_module_names_tied_with_embedding", "_get_no_split_modules",
-    "Bnb8bitBackend", "prepare_model_for_kbit_training",
+    "Bnb8bitBackend",
     # hot-swapping adapters under torch.compile belongs to issue 13
     "hotswap_adapter", "prepare_model_for_compiled_hotswap", "hotswap_adapter_from_state_dict",
 )
