@@ -8,9 +8,8 @@ import pytest
 import torch
 
 import surgery
-from surgery.quantized import backend_of
 from tests.support import tiny_models as tm
-from tests.support.quantized_models import quantized
+from tests.support.quantized_models import exact_logits, quantized, train_side_by_side
 
 KINDS = ["nf4", "int8"]
 FEEDFORWARD = {"output": [], "input": ["down_proj"]}
@@ -29,18 +28,6 @@ def _pair(kind, scales):
     return ours, theirs
 
 
-def _exact(model, ids):
-    """Logits with the quantized layers in training mode (bitsandbytes' exact path; see test_qlora_parity)."""
-    model.eval()
-    layers = [m for m in model.modules() if backend_of(m) is not None]
-    for m in layers:
-        m.train()
-    out = model(input_ids=ids).logits.detach()
-    for m in layers:
-        m.eval()
-    return out
-
-
 @pytest.mark.parametrize("scales", list(FEEDFORWARD))
 @pytest.mark.parametrize("kind", KINDS)
 def test_outputs_and_three_training_steps_equal_peft(kind, scales):
@@ -49,18 +36,8 @@ def test_outputs_and_three_training_steps_equal_peft(kind, scales):
     assert type(layer).__name__ == {"nf4": "Linear4bit", "int8": "Linear8bitLt"}[kind]
     assert layer.ia3_l["default"].dtype == torch.float32
     ids = tm.token_batch(batch=4)
-    optimizers = [torch.optim.AdamW([p for p in m.parameters() if p.requires_grad], lr=1e-2) for m in (ours, theirs)]
-    for model in (ours, theirs):
-        model.train()
-    for _ in range(3):
-        losses = []
-        for model, optimizer in zip((ours, theirs), optimizers):
-            loss = model(input_ids=ids, labels=ids).loss
-            loss.backward()
-            optimizer.step()
-            optimizer.zero_grad()
-            losses.append(loss.item())
-        assert losses[0] == pytest.approx(losses[1], abs=1e-5)
+    for ours_loss, their_loss in train_side_by_side((ours, theirs), ids):
+        assert ours_loss == pytest.approx(their_loss, abs=1e-5)
     for model in (ours, theirs):   # after training: an eval pass repacks the 4-bit weights (test_qlora_parity)
         model.eval()
     with torch.no_grad():
@@ -74,13 +51,13 @@ def test_merges_peft_refuses(kind, scales):
     with pytest.raises(ValueError, match="Cannot merge ia3 layers"):
         theirs.merge_and_unload()
     ids = tm.token_batch()
-    expected = _exact(ours, ids)
+    expected = exact_logits(ours, ids)
     full = _pair(kind, scales)[0].merge_and_unload(dequantize=True)
     with torch.no_grad():
         torch.testing.assert_close(full(input_ids=ids).logits, expected, atol=1e-4, rtol=0)
     with pytest.warns(surgery.PeftWarning, match="quantized base layer"):
         ours.merge_adapter()
-    merged = _exact(ours, ids)
+    merged = exact_logits(ours, ids)
     assert (merged - expected).abs().max() < 0.2 and not torch.equal(merged, expected)   # requantized: rounded
     ours.unmerge_adapter()
     assert not any(getattr(m, "merged_adapters", None) for m in ours.modules())

@@ -16,7 +16,7 @@ import surgery
 from surgery.quantized import backend_of
 from surgery.quantized.dequantize import dequantize_modules
 from tests.support import tiny_models as tm
-from tests.support.quantized_models import quantized
+from tests.support.quantized_models import exact_logits, quantized, train_side_by_side
 
 TARGETS = {"llama": ["q_proj", "v_proj", "down_proj"], "gpt2": ["c_attn", "c_fc"]}
 CASES = [("nf4", "llama"), ("fp4", "llama"), ("int8", "llama"), ("nf4", "gpt2"), ("int8", "gpt2")]
@@ -64,20 +64,8 @@ def test_three_training_steps_equal_peft_and_only_adapters_change(kind, family, 
     if kind == "int8" and use_dora:
         theirs = _dense_peft_twin(ours, kind, family, use_dora=True)
     before = _base_state(ours)
-    optimizers = [torch.optim.AdamW([p for p in m.parameters() if p.requires_grad], lr=1e-2) for m in (ours, theirs)]
-    ids = tm.token_batch(batch=4)
-    for model in (ours, theirs):
-        model.train()
-    for step in range(3):
-        losses = []
-        for model, optimizer in zip((ours, theirs), optimizers):
-            torch.manual_seed(step)   # the same dropout masks (GPT-2 has dropout) on both sides
-            loss = model(input_ids=ids, labels=ids).loss
-            loss.backward()
-            optimizer.step()
-            optimizer.zero_grad()
-            losses.append(loss.item())
-        assert losses[0] == pytest.approx(losses[1], abs=1e-5)
+    for ours_loss, their_loss in train_side_by_side((ours, theirs), tm.token_batch(batch=4)):
+        assert ours_loss == pytest.approx(their_loss, abs=1e-5)
     after = _base_state(ours)
     assert before.keys() == after.keys()
     assert all(torch.equal(before[k], after[k]) for k in before)
@@ -126,20 +114,6 @@ def test_merge_and_unload_stores_what_peft_stores_and_warns_with_the_rounding(ki
     assert len(ours_warning) == 1 and "max abs error" in ours_warning[0] and "dequantize=True" in ours_warning[0]
 
 
-def _adapted_reference(model, ids):
-    """The adapted model's logits with its quantized layers in training mode (everything else in eval: no
-    dropout): bitsandbytes then computes with the exactly dequantized weight, where its CPU inference kernels
-    round activations (8-bit) or compute in bf16 (4-bit)."""
-    model.eval()
-    quantized_layers = [m for m in model.modules() if backend_of(m) is not None]
-    for module in quantized_layers:
-        module.train()
-    out = model(input_ids=ids).logits.detach()
-    for module in quantized_layers:
-        module.eval()
-    return out
-
-
 def _dense_peft_twin(ours, kind, family, **lora):
     """PEFT's adapter (ours' tensors) on the dequantized base: the float reference where PEFT's own quantized
     path fails (DoRA on 8-bit in training: its dequantize drops the int8 scales on CPU, 'NoneType' ... SCB)."""
@@ -156,7 +130,7 @@ def _dense_peft_twin(ours, kind, family, **lora):
 def test_dequantized_merge_equals_the_adapted_model(kind, family, use_dora):
     ours, _ = _pair(kind, family, use_dora=use_dora)
     ids = tm.token_batch()
-    expected = _adapted_reference(ours, ids)
+    expected = exact_logits(ours, ids)
     merged = ours.merge_and_unload(dequantize=True)
     assert not any(backend_of(m) for m in merged.modules())
     assert getattr(merged.config, "quantization_config", None) is None
@@ -188,13 +162,13 @@ def test_a_merge_after_generation_reads_the_true_4bit_weight():
 def test_unmerge_restores_the_adapter_path():
     ours, _ = _pair("nf4", "llama")
     ids = tm.token_batch()
-    expected = _adapted_reference(ours, ids)
+    expected = exact_logits(ours, ids)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         ours.merge_adapter()
         ours.unmerge_adapter()
     # two requantizations: within the 4-bit grid's step of the original, not exact
-    assert (_adapted_reference(ours, ids) - expected).abs().max() < 0.5
+    assert (exact_logits(ours, ids) - expected).abs().max() < 0.5
     assert not any(layer.merged for _, layer in ours.named_modules() if hasattr(layer, "merged_adapters"))
 
 

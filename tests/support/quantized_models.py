@@ -41,3 +41,38 @@ def quantized(kind: str = "nf4", family: str = "llama", dtype: torch.dtype = tor
                                                      quantization_config=bnb_config(kind, compute_dtype),
                                                      device_map="cpu")
     return model.eval()
+
+
+def exact_logits(model, ids) -> torch.Tensor:
+    """The model's logits with its quantized layers in training mode (everything else in eval: no dropout):
+    bitsandbytes then computes with the exactly dequantized weight, where its CPU inference kernels round
+    activations (8-bit) or compute in bf16 after repacking (4-bit)."""
+    from surgery.quantized import backend_of
+
+    model.eval()
+    layers = [m for m in model.modules() if backend_of(m) is not None]
+    for module in layers:
+        module.train()
+    out = model(input_ids=ids).logits.detach()
+    for module in layers:
+        module.eval()
+    return out
+
+
+def train_side_by_side(models, ids, steps: int = 3, lr: float = 1e-2) -> list[list[float]]:
+    """AdamW steps on each model in turn, the same seed per step (the same dropout masks); the losses per step."""
+    optimizers = [torch.optim.AdamW([p for p in m.parameters() if p.requires_grad], lr=lr) for m in models]
+    for model in models:
+        model.train()
+    history = []
+    for step in range(steps):
+        losses = []
+        for model, optimizer in zip(models, optimizers):
+            torch.manual_seed(step)
+            loss = model(input_ids=ids, labels=ids).loss
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad()
+            losses.append(loss.item())
+        history.append(losses)
+    return history

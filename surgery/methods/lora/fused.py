@@ -55,20 +55,26 @@ class Factors(NamedTuple):
     mixed: bool                     # float32 factors on a half-precision base (autocast_adapter_dtype)
 
 
-def fusable(layer, x: torch.Tensor) -> Optional[Factors]:
-    """The layer's factors when its training step can run fused on input x, else None.
+def training_adapter(layer) -> Optional[str]:
+    """The one adapter a fused training node would run for this layer now (None: the generic path runs).
 
     Runs on every training step of every adapted layer, so it reads the modules' own dicts instead of going
-    through nn.Module.__getattr__ (about half of this function's time otherwise)."""
+    through nn.Module.__getattr__ (about half of the fused paths' checking time otherwise)."""
     state = layer.__dict__
     active = state["_active_adapters"]
     if not (state["training"] and torch.is_grad_enabled()) or len(active) != 1:
         return None
     if state["_disable_adapters"] or state["merged_adapters"] or state.get("_batch_adapters") is not None:
         return None
-    name = active[0]
-    if name not in state["r"]:
+    return active[0] if active[0] in state["r"] else None
+
+
+def fusable(layer, x: torch.Tensor) -> Optional[Factors]:
+    """The layer's factors when its training step can run fused on input x, else None."""
+    name = training_adapter(layer)
+    if name is None:
         return None
+    state = layer.__dict__
     modules = layer._modules
     dropout = modules["lora_dropout"]._modules[name]
     use_dora = state["use_dora"][name]

@@ -19,20 +19,15 @@ from typing import Optional
 import torch
 
 from ...quantized import backend_of
-from .fused import _factor_grads, _no_global_hooks
+from .fused import _factor_grads, _no_global_hooks, training_adapter
 from .layer import _NO_DROPOUT
 
 
 def fused_quantized_forward(layer, x: torch.Tensor) -> Optional[torch.Tensor]:
     """The layer's training output through one fused node, or None where the generic path must run."""
+    name = training_adapter(layer)
     state = layer.__dict__
-    active = state["_active_adapters"]
-    if not (state["training"] and torch.is_grad_enabled()) or len(active) != 1:
-        return None
-    if state["_disable_adapters"] or state["merged_adapters"] or state.get("_batch_adapters") is not None:
-        return None
-    name = active[0]
-    if name not in state["r"] or state["use_dora"][name]:
+    if name is None or state["use_dora"][name]:
         return None
     base = layer._modules["base_layer"]
     backend = backend_of(base)
