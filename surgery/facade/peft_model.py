@@ -269,7 +269,7 @@ class PeftModel(PersistenceMixin, TrainingMixin, PushToHubMixin, nn.Module):
         if self._injected_states():
             raise ConfigTypeError(f"Setting `requires_grad` is not supported for prompt learning methods like "
                                   f"{self.active_peft_config.peft_type.value}. Their parameters live in the "
-                                  f"injected state (model.prompt_encoder): set requires_grad on those")
+                                  f"injected state: set requires_grad on those")
         self.base_model.set_requires_grad(adapter_names, requires_grad)
 
     def get_layer_status(self):
