@@ -222,3 +222,21 @@ def test_task_forward_binds_positional_arguments_by_peft_names():
     torch.testing.assert_close(by_position.loss, by_name.loss)
     with pytest.raises(TypeError, match="multiple values for input_ids"):
         model(ids, input_ids=ids)
+
+
+def test_prompt_learning_models_have_no_parameter_prefix_as_in_peft():
+    """Code tells layer adapters from prompt learning with hasattr(model, "prefix") (PEFT's own tests do)."""
+    from tests.support import tiny_models as tm
+    prompt = surgery.get_peft_model(tm.tiny_llama(), surgery.PromptTuningConfig(task_type="CAUSAL_LM",
+                                                                                num_virtual_tokens=4))
+    lora = surgery.get_peft_model(tm.tiny_llama(), surgery.LoraConfig(target_modules=["q_proj"]))
+    assert not hasattr(prompt, "prefix")
+    assert lora.prefix == "lora_"
+
+
+def test_shared_per_adapter_tensors_answer_membership_like_peft_buffer_dict():
+    from tests.support import tiny_models as tm
+    model = surgery.get_peft_model(tm.tiny_llama(), surgery.VeraConfig(target_modules=["q_proj"], r=4))
+    model.add_adapter("other", surgery.VeraConfig(target_modules=["q_proj"], r=4))
+    holder = model.base_model.vera_A
+    assert "default" in holder and "other" in holder and "missing" not in holder

@@ -65,3 +65,11 @@ def test_plan_quantize_counts_equal_a_loaded_quantized_model(capsys, tmp_path):
     assert meta["totals"] == loaded.to_dict()["totals"]
     assert meta["memory"]["quantized_layers"] == loaded.memory["quantized_layers"]
     assert loaded.memory["base_bytes"] == meta["memory"]["base_bytes"]
+
+
+def test_quantize_without_bitsandbytes_says_what_to_install(capsys, monkeypatch):
+    import sys
+    monkeypatch.setitem(sys.modules, "bitsandbytes", None)   # import bitsandbytes -> ImportError
+    assert main(["plan", "llama-2-7b", "--config", "lora-qv", "--quantize", "nf4"]) == 2
+    err = capsys.readouterr().err
+    assert "needs bitsandbytes" in err and "pip install 'surgery[bnb]'" in err
