@@ -1,4 +1,4 @@
-"""Quantized base layers (bitsandbytes 4-bit and 8-bit): how an adapter layer reads a quantized base
+"""Quantized base layers (bitsandbytes 4-bit and 8-bit, torchao int8): how an adapter layer reads a quantized base
 weight as a dense matrix, writes a new one back, and what the plan reports about it. Method-blind: each
 method's handler table has one row per quantized type and builds its layer on `backend_of(module)`."""
 from .backend import QuantBackend

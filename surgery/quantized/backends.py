@@ -5,8 +5,9 @@ A backend answers, for one quantized module type: does it accept this module, wh
 does), what one row of `surgery plan` says about it (`describe`), and how many parameters PEFT counts for a
 stored tensor (4-bit packs two values per byte: PEFT counts the unpacked number).
 
-Nothing here imports bitsandbytes unless the model already did: a module can only be one of
-its types if the library is loaded (`sys.modules`), so models without quantization pay nothing.
+Nothing here imports bitsandbytes or torchao unless the model already did: a module can only be one of their
+types if the library is loaded (bitsandbytes: `sys.modules`; torchao: the weight's class), so models without
+quantization pay nothing.
 """
 from __future__ import annotations
 
@@ -17,8 +18,9 @@ from torch import nn
 
 from .backend import QuantBackend
 from .bnb import BNB_4BIT, BNB_8BIT
+from .torchao import TORCHAO
 
-BACKENDS: tuple[QuantBackend, ...] = (BNB_4BIT, BNB_8BIT)
+BACKENDS: tuple[QuantBackend, ...] = (BNB_4BIT, BNB_8BIT, TORCHAO)
 
 
 def backend_of(module: nn.Module) -> Optional[QuantBackend]:

@@ -35,6 +35,8 @@ def _plain_base(base: nn.Module) -> bool:
     """A base whose forward is exactly x W^T + b, with nothing hooked on it."""
     if type(base) is not nn.Linear and not is_conv1d(base):
         return False
+    if type(base._parameters["weight"]) not in (nn.Parameter, torch.Tensor):   # a quantized tensor subclass
+        return False
     return not (base._forward_hooks or base._forward_pre_hooks or "forward" in base.__dict__)
 
 

@@ -1,5 +1,5 @@
-"""LoRA over bitsandbytes' quantized linears (QLoRA): the base stays 4-bit / 8-bit and frozen, the factors are
-float (float32 by default, as PEFT), and
+"""LoRA over quantized linears (QLoRA: bitsandbytes 4-bit / 8-bit; torchao int8): the base stays quantized and
+frozen, the factors are float (float32 by default, as PEFT), and
 
     y = base(x) + s * B(A(dropout(x)))          base(x) = x dequant(W_q)^T (+ b), computed by bitsandbytes
 
@@ -14,6 +14,7 @@ import torch
 
 from ...quantized import ready_for_training
 from ...quantized.bnb import BNB_4BIT, BNB_8BIT
+from ...quantized.torchao import TORCHAO
 from ..spec import Handler
 from .fused_quantized import fused_quantized_forward
 from .linear import Linear
@@ -36,8 +37,21 @@ class Linear8bitLt(Linear):
     """LoRA on a bitsandbytes Linear8bitLt (LLM.int8())."""
 
 
+class TorchaoLoraLinear(Linear):
+    """LoRA on an nn.Linear with a torchao quantized weight (PEFT's class name); merges requantize int8."""
+
+
+def _torchao_refuses(base, config, fqn: str):
+    if config.lora_bias:   # as PEFT: the merged bias would have nowhere to go in torchao's layout
+        return f"lora_bias=True on {fqn!r} (a torchao quantized Linear) is not supported; set lora_bias=False"
+    if type(base.weight).__name__ == "Int4Tensor":
+        return f"target module {fqn!r} has a torchao int4 weight; LoRA supports torchao int8 weights only (as PEFT)"
+    return None
+
+
 # Quantized bases match only rows that name their backend (MethodSpec.handler_for).
 QUANTIZED_HANDLERS = (
     Handler(BNB_4BIT.accepts, Linear4bit, BNB_4BIT.label, backend=BNB_4BIT),
     Handler(BNB_8BIT.accepts, Linear8bitLt, BNB_8BIT.label, backend=BNB_8BIT),
+    Handler(TORCHAO.accepts, TorchaoLoraLinear, TORCHAO.label, refuses=_torchao_refuses, backend=TORCHAO),
 )
