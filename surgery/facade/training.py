@@ -33,7 +33,7 @@ def _checkpointing_flag_set(model) -> bool:
 _QUANTIZED_FLAGS = ("is_loaded_in_8bit", "is_loaded_in_4bit", "is_quantized")
 
 
-def _mark_input_grads(model) -> None:
+def mark_input_grads(model) -> None:
     """The require-grad fix on `model`'s input embeddings (idempotent)."""
     if getattr(model, "_require_grads_hooks", None):
         return
@@ -59,7 +59,7 @@ class TrainingMixin:
         """PEFT's: unless `model` is quantized (prepare_model_for_kbit_training handles those), make its input
         embeddings' output require grad, so checkpointed blocks reach the adapters."""
         if not any(getattr(model, flag, False) for flag in _QUANTIZED_FLAGS):
-            _mark_input_grads(model)
+            mark_input_grads(model)
 
     def _prepare_for_gradient_checkpointing(self, model) -> None:
         """As PEFT at wrap time: a model with checkpointing already on (or one that cannot tell) gets the fix."""
@@ -74,7 +74,7 @@ class TrainingMixin:
 
     def enable_input_require_grads(self) -> None:
         """Make the input embeddings' output require grad, so checkpointed blocks reach the adapters (idempotent)."""
-        _mark_input_grads(self.get_base_model())
+        mark_input_grads(self.get_base_model())
 
     def disable_input_require_grads(self) -> None:
         base = self.get_base_model()

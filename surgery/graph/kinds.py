@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Optional
 
+import torch
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
@@ -47,4 +48,15 @@ def in_out_features(module: nn.Module) -> Optional[tuple[int, int]]:
         return module.in_channels, module.out_channels
     if isinstance(module, nn.Embedding):
         return module.num_embeddings, module.embedding_dim
+    return None
+
+
+def embed_scale(module: nn.Module):
+    """The scalar an embedding's own forward multiplies its lookup by (Gemma's embed_scale), which a direct
+    lookup skips; None when there is none (or it is not a scalar: PEFT reads int/float or one-element tensors)."""
+    scale = getattr(module, "embed_scale", None)
+    if isinstance(scale, (int, float)) and not isinstance(scale, bool):
+        return torch.tensor(scale, device=module.weight.device, dtype=module.weight.dtype)
+    if isinstance(scale, torch.Tensor) and scale.numel() == 1:
+        return scale
     return None

@@ -16,6 +16,8 @@ from typing import Optional
 
 import torch
 
+from ..facade.training import mark_input_grads
+
 _KEEPS_DTYPES = ("gptq", "aqlm", "eetq", "hqq", "torchao")   # quantizers whose float parameters stay as loaded
 
 
@@ -46,11 +48,7 @@ def prepare_model_for_kbit_training(model, use_gradient_checkpointing: bool = Tr
             torch.cuda.empty_cache()   # the casts leave reserved-but-unused blocks behind
     if (loaded_in_kbit or keeps_dtypes) and use_gradient_checkpointing:
         if kwargs.get("use_reentrant", True):   # the reentrant variant needs inputs that require grad
-            if hasattr(model, "enable_input_require_grads"):
-                model.enable_input_require_grads()
-            else:
-                model.get_input_embeddings().register_forward_hook(
-                    lambda module, inputs, output: output.requires_grad_(True))
+            mark_input_grads(model)
         takes_kwargs = "gradient_checkpointing_kwargs" in inspect.signature(model.gradient_checkpointing_enable).parameters
         if kwargs and not takes_kwargs:
             warnings.warn("gradient_checkpointing_kwargs is not supported in this version of transformers. The passed "

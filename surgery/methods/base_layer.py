@@ -32,6 +32,11 @@ def lazy_container(name: str, factory: Callable[[], nn.Module]) -> property:
     return property(get, doc=f"The {name} container (created on first use).")
 
 
+def _same_storage(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Whether `a` is `b`'s data (the same memory, shape and dtype)."""
+    return a.data_ptr() == b.data_ptr() and a.shape == b.shape and a.dtype == b.dtype
+
+
 class AdapterLayer(nn.Module):
     _surgery_adapter_layer = True
     adapter_layer_names: tuple[str, ...] = ()
@@ -103,7 +108,7 @@ class AdapterLayer(nn.Module):
             low, high = torch.aminmax(error)   # 20x faster than an inf-norm on the CPU
             self.__dict__["_requantize_error"] = (backend.name, max(-low.item(), high.item()),
                                                   error.float().norm().item(), weight.float().norm().item())
-        elif weight is not base.weight.data:
+        elif not _same_storage(weight, base.weight):   # a plain base written in place needs nothing more
             base.weight.data = weight
 
     def base_float_dtype(self) -> torch.dtype:

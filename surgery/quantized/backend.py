@@ -22,4 +22,3 @@ class QuantBackend:
     # puts the weight back in the layout the library's training path needs (bitsandbytes repacks 4-bit weights
     # for its CPU inference kernel, which has no backward: training on them after an eval pass is wrong)
     ready_for_training: Optional[Callable[[nn.Module], None]] = None
-    install_hint: str = ""

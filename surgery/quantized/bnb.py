@@ -105,7 +105,7 @@ BNB_4BIT = QuantBackend(
     name="bnb-4bit", label="bitsandbytes.nn.Linear4bit",
     accepts=lambda m: _is(m, "Linear4bit"),
     dequantize=_dequantize_4bit, requantize=_requantize_4bit, describe=_describe_4bit, weight_bytes=_bytes_4bit,
-    compute_dtype=_compute_4bit, stored_numel=_numel_4bit, install_hint=INSTALL_HINT,
+    compute_dtype=_compute_4bit, stored_numel=_numel_4bit,
     ready_for_training=_unpacked_4bit)
 
 
@@ -153,4 +153,4 @@ BNB_8BIT = QuantBackend(
     name="bnb-8bit", label="bitsandbytes.nn.Linear8bitLt",
     accepts=lambda m: _is(m, "Linear8bitLt"),
     dequantize=_dequantize_8bit, requantize=_requantize_8bit, describe=_describe_8bit, weight_bytes=_bytes_8bit,
-    compute_dtype=_compute_8bit, install_hint=INSTALL_HINT)
+    compute_dtype=_compute_8bit)

@@ -59,4 +59,4 @@ def _bytes(module: nn.Module) -> int:
 TORCHAO = QuantBackend(
     name="torchao", label="torch.nn.Linear with a torchao quantized weight",
     accepts=_is_torchao, dequantize=_dequantize, requantize=_requantize, describe=_describe, weight_bytes=_bytes,
-    compute_dtype=lambda module: module.weight.dtype, install_hint="pip install torchao")
+    compute_dtype=lambda module: module.weight.dtype)

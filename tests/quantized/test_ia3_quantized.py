@@ -1,15 +1,13 @@
 """(IA)^3 over bitsandbytes 4-bit and 8-bit bases: PEFT's outputs and training, plus merges PEFT refuses."""
 from __future__ import annotations
 
-import warnings
 
-import peft
 import pytest
 import torch
 
 import surgery
 from tests.support import tiny_models as tm
-from tests.support.quantized_models import exact_logits, quantized, train_side_by_side
+from tests.support.quantized_models import exact_logits, quantized, train_side_by_side, twins
 
 KINDS = ["nf4", "int8"]
 FEEDFORWARD = {"output": [], "input": ["down_proj"]}
@@ -18,14 +16,7 @@ FEEDFORWARD = {"output": [], "input": ["down_proj"]}
 def _pair(kind, scales):
     kwargs = dict(target_modules=["q_proj", "v_proj", "down_proj"], feedforward_modules=FEEDFORWARD[scales],
                   init_ia3_weights=False)
-    bases = quantized(kind), quantized(kind)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.manual_seed(0)
-        theirs = peft.get_peft_model(bases[0], peft.IA3Config(**kwargs))
-        ours = surgery.get_peft_model(bases[1], surgery.IA3Config(**kwargs))
-    surgery.set_peft_model_state_dict(ours, peft.get_peft_model_state_dict(theirs))
-    return ours, theirs
+    return twins((quantized(kind), quantized(kind)), "IA3Config", **kwargs)
 
 
 @pytest.mark.parametrize("scales", list(FEEDFORWARD))

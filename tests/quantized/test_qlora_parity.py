@@ -16,7 +16,7 @@ import surgery
 from surgery.quantized import backend_of
 from surgery.quantized.dequantize import dequantize_modules
 from tests.support import tiny_models as tm
-from tests.support.quantized_models import exact_logits, quantized, train_side_by_side
+from tests.support.quantized_models import exact_logits, quantized, train_side_by_side, twins
 
 TARGETS = {"llama": ["q_proj", "v_proj", "down_proj"], "gpt2": ["c_attn", "c_fc"]}
 CASES = [("nf4", "llama"), ("fp4", "llama"), ("int8", "llama"), ("nf4", "gpt2"), ("int8", "gpt2")]
@@ -29,11 +29,7 @@ def _pair(kind, family, **lora):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         bases = quantized(kind, family), quantized(kind, family)
-        torch.manual_seed(0)   # after loading: the first load saves the float model, which draws numbers
-        theirs = peft.get_peft_model(bases[0], peft.LoraConfig(**kwargs))
-        ours = surgery.get_peft_model(bases[1], surgery.LoraConfig(**kwargs))
-    surgery.set_peft_model_state_dict(ours, peft.get_peft_model_state_dict(theirs))
-    return ours, theirs
+    return twins(bases, "LoraConfig", **kwargs)
 
 
 def _base_state(model):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import warnings
 
-import peft
 import pytest
 import torch
 from transformers import AutoModelForCausalLM, TorchAoConfig
@@ -14,7 +13,7 @@ from surgery.errors import PlanError
 from surgery.quantized import backend_of
 from tests.support import quantized_models as qm
 from tests.support import tiny_models as tm
-from tests.support.quantized_models import train_side_by_side
+from tests.support.quantized_models import train_side_by_side, twins
 
 TARGETS = ["q_proj", "v_proj", "down_proj"]
 
@@ -30,14 +29,7 @@ def _base():
 
 def _pair(**lora):
     kwargs = dict(r=4, lora_alpha=8, target_modules=TARGETS, init_lora_weights=False, **lora)
-    bases = _base(), _base()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.manual_seed(0)
-        theirs = peft.get_peft_model(bases[0], peft.LoraConfig(**kwargs))
-        ours = surgery.get_peft_model(bases[1], surgery.LoraConfig(**kwargs))
-    surgery.set_peft_model_state_dict(ours, peft.get_peft_model_state_dict(theirs))
-    return ours, theirs
+    return twins((_base(), _base()), "LoraConfig", **kwargs)
 
 
 @pytest.mark.parametrize("use_dora", [False, True], ids=["lora", "dora"])

@@ -3,26 +3,17 @@ from __future__ import annotations
 
 import warnings
 
-import peft
 import pytest
 import torch
 
-import surgery
 from tests.support import tiny_models as tm
-from tests.support.quantized_models import quantized, train_side_by_side
+from tests.support.quantized_models import quantized, train_side_by_side, twins
 
 KWARGS = dict(target_modules=["q_proj", "k_proj"], r=8, init_weights=False)
 
 
 def _pair(kind):
-    bases = quantized(kind), quantized(kind)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.manual_seed(0)
-        theirs = peft.get_peft_model(bases[0], peft.VeraConfig(**KWARGS))
-        ours = surgery.get_peft_model(bases[1], surgery.VeraConfig(**KWARGS))
-    surgery.set_peft_model_state_dict(ours, peft.get_peft_model_state_dict(theirs))
-    return ours, theirs
+    return twins((quantized(kind), quantized(kind)), "VeraConfig", **KWARGS)
 
 
 @pytest.mark.parametrize("kind", ["nf4", "int8"])

@@ -76,3 +76,19 @@ def train_side_by_side(models, ids, steps: int = 3, lr: float = 1e-2) -> list[li
             losses.append(loss.item())
         history.append(losses)
     return history
+
+
+def twins(bases, config_name: str, **kwargs):
+    """(surgery model, peft model) on two equal bases: PEFT draws the adapter (seeded; kwargs ask for non-zero
+    init), surgery gets the same tensors by state dict. `config_name`: the config class both libraries share."""
+    import peft
+
+    import surgery
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.manual_seed(0)   # after loading: the first load saves the float model, which draws numbers
+        theirs = peft.get_peft_model(bases[0], getattr(peft, config_name)(**kwargs))
+        ours = surgery.get_peft_model(bases[1], getattr(surgery, config_name)(**kwargs))
+    surgery.set_peft_model_state_dict(ours, peft.get_peft_model_state_dict(theirs))
+    return ours, theirs

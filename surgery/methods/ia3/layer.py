@@ -117,7 +117,7 @@ class IA3Layer(AdapterLayer):
     def check_merge(self, adapter_names: Optional[list[str]] = None) -> None:
         """Raise MergeError if a safe merge of these adapters would give NaN/inf; changes nothing."""
         base = self.get_base_layer()
-        weight, bias = base.weight.data, base.bias.data if getattr(base, "bias", None) is not None else None
+        weight, bias = self.dense_base_weight(), base.bias.data if getattr(base, "bias", None) is not None else None
         for name in self._to_merge(adapter_names):
             new_weight, new_bias = self._scaled(weight, bias, name)
             self._refuse_non_finite(name, new_weight, new_bias)
@@ -129,20 +129,24 @@ class IA3Layer(AdapterLayer):
 
     @torch.no_grad()
     def merge(self, safe_merge: bool = False, adapter_names: Optional[list[str]] = None) -> None:
+        """Fold l into W (and, output-scaled, b). W is the base's dense weight: the parameter itself, or a
+        quantized base's dequantized copy, stored back requantized (AdapterLayer.store_base_weight)."""
         base = self.get_base_layer()
         for name in self._to_merge(adapter_names):
             bias = base.bias if getattr(base, "bias", None) is not None else None
+            weight = self.dense_base_weight()
             if safe_merge:
-                new_weight, new_bias = self._scaled(base.weight.data, None if bias is None else bias.data, name)
+                new_weight, new_bias = self._scaled(weight, None if bias is None else bias.data, name)
                 self._refuse_non_finite(name, new_weight, new_bias)
-                base.weight.data.copy_(new_weight)
+                weight.copy_(new_weight)
                 if new_bias is not None:
                     bias.data.copy_(new_bias)
             else:
-                _times_(base.weight, self.weight_scale(self.ia3_l[name].detach()))
+                _times_(weight, self.weight_scale(self.ia3_l[name].detach()))
                 bias_scale = self._bias_scale(name, bias)
                 if bias_scale is not None:
                     _times_(bias, bias_scale)
+            self.store_base_weight(weight)
             self.merged_adapters.append(name)
 
     @torch.no_grad()
@@ -151,16 +155,18 @@ class IA3Layer(AdapterLayer):
         bias = base.bias if getattr(base, "bias", None) is not None else None
         while self.merged_adapters:
             name = self.merged_adapters.pop()
-            _times_(base.weight, self.weight_scale(self.ia3_l[name].detach()) + _UNMERGE_EPS, divide=True)
+            weight = self.dense_base_weight()
+            _times_(weight, self.weight_scale(self.ia3_l[name].detach()) + _UNMERGE_EPS, divide=True)
+            self.store_base_weight(weight)
             bias_scale = self._bias_scale(name, bias)
             if bias_scale is not None:
                 _times_(bias, bias_scale + _UNMERGE_EPS, divide=True)
 
 
-def _times_(param: torch.Tensor, factor: torch.Tensor, divide: bool = False) -> None:
-    """param.data *= factor (or /=), in place when the dtypes agree, else through the factor's dtype and back:
+def _times_(tensor: torch.Tensor, factor: torch.Tensor, divide: bool = False) -> None:
+    """tensor *= factor (or /=), in place when the dtypes agree, else through the factor's dtype and back:
     the values PEFT's out-of-place `(W * l).to(W.dtype)` gives."""
-    data = param.data
+    data = tensor.data
     if data.dtype == factor.dtype:
         data.div_(factor) if divide else data.mul_(factor)
     else:

@@ -16,18 +16,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ...graph.kinds import embed_scale
 from .init import init_embedding
 from .layer import LoraLayer
-
-
-def embed_scale(base: nn.Module) -> Optional[torch.Tensor]:
-    """The scalar the base's forward multiplies its lookup by (PEFT reads int/float or one-element tensors)."""
-    scale = getattr(base, "embed_scale", None)
-    if isinstance(scale, (int, float)) and not isinstance(scale, bool):
-        return torch.tensor(scale, device=base.weight.device, dtype=base.weight.dtype)
-    if isinstance(scale, torch.Tensor) and scale.numel() == 1:
-        return scale
-    return None
 
 
 class Embedding(LoraLayer):

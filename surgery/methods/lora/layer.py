@@ -266,9 +266,8 @@ class LoraLayer(AdapterLayer):
                     merged = self._merged_weight(weight.clone(), name, +1, safe=True)
                     if not torch.isfinite(merged).all():
                         raise self._non_finite(name)
-                    if merged.dtype == weight.dtype and merged.shape == weight.shape and weight is base.weight.data:
-                        weight.copy_(merged)   # a plain base keeps its storage (tied and shared views see it)
-                        merged = weight
+                    if merged.dtype == weight.dtype and merged.shape == weight.shape:
+                        merged = weight.copy_(merged)   # a plain base keeps its storage (shared views see it)
                 else:
                     merged = self._merged_weight(weight, name, +1)
                 self.store_base_weight(merged)

@@ -21,7 +21,8 @@ from torch import nn
 
 from ...errors import AdapterNameError, MergeError, PlanError
 from ..base_layer import AdapterLayer
-from .rows import embed, embed_scale, linear, needs_replaced_weight
+from ...graph.kinds import embed_scale
+from .rows import embed, linear, needs_replaced_weight
 
 
 class OriginalRows(nn.Module):

@@ -54,12 +54,3 @@ def linear(base: nn.Linear, x: torch.Tensor, swaps) -> torch.Tensor:
     return out
 
 
-def embed_scale(base: nn.Module):
-    """The scale some embeddings apply in their own forward (Gemma's embed_scale), which a direct lookup skips;
-    None when there is none (or it is not a scalar, as PEFT reads it)."""
-    scale = getattr(base, "embed_scale", None)
-    if isinstance(scale, (int, float)) and not isinstance(scale, bool):
-        return torch.tensor(scale, device=base.weight.device, dtype=base.weight.dtype)
-    if isinstance(scale, torch.Tensor) and scale.numel() == 1:
-        return scale
-    return None

@@ -40,8 +40,8 @@ class WeightMerge:
                 merged = self.merged_weight(weight.clone(), name, +1)
                 if not torch.isfinite(merged).all():
                     raise self._non_finite(name)
-                if merged.dtype == weight.dtype and weight.data_ptr() == self.get_base_layer().weight.data_ptr():
-                    merged = weight.copy_(merged)   # a plain base keeps its storage
+                if merged.dtype == weight.dtype and merged.shape == weight.shape:
+                    merged = weight.copy_(merged)   # a plain base keeps its storage (shared views see it)
             else:
                 merged = self.merged_weight(weight, name, +1)
             self.store_base_weight(merged)
