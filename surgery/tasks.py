@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
+import torch
+
 from .config.enums import TaskType
 from .errors import ConfigError
 
@@ -70,3 +72,15 @@ def task_for(task_type) -> Task:
     except ValueError:
         raise ConfigError(f"task_type = {task_type!r} is not valid; valid: "
                           f"{', '.join(t.value for t in TaskType)}") from None
+
+
+def shift_tokens_right(input_ids: torch.Tensor, pad_token_id: int, decoder_start_token_id: int) -> torch.Tensor:
+    """Seq2seq decoder inputs from labels (PEFT's helper): one step right, the start token first, label
+    padding (-100) replaced by the pad token."""
+    if pad_token_id is None:
+        raise ValueError("self.model.config.pad_token_id has to be defined. (shift_tokens_right needs the pad "
+                         "token id to replace the -100 label padding)")
+    shifted = input_ids.new_zeros(input_ids.shape)
+    shifted[:, 1:] = input_ids[:, :-1]
+    shifted[:, 0] = decoder_start_token_id
+    return shifted.masked_fill_(shifted == -100, pad_token_id)

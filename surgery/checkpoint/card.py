@@ -36,6 +36,14 @@ def update_model_card(directory: Path, *, base_model: str | None, method: str, v
     atomic_write_text(path, text)
 
 
+def add_card_tags(directory, tags: list[str]) -> None:
+    """Add tags to the card's metadata (a card is created if there is none), keeping its text."""
+    path = Path(directory) / "README.md"
+    meta, body = split_front_matter(path.read_text(encoding="utf-8")) if path.is_file() else ({}, DEFAULT_BODY)
+    meta["tags"] = list(dict.fromkeys([*(meta.get("tags") or []), *tags]))
+    atomic_write_text(path, "---\n" + yaml.safe_dump(meta, sort_keys=False) + "---\n" + body.rstrip() + "\n")
+
+
 def split_front_matter(text: str) -> tuple[dict, str]:
     if text.startswith("---\n"):
         end = text.find("\n---", 4)

@@ -145,6 +145,16 @@ class PeftConfig:
             data["auto_mapping"] = kwargs["auto_mapping_dict"]
         atomic_write_text(Path(save_directory) / CONFIG_NAME, json.dumps(data, indent=2, sort_keys=True))
 
+    def push_to_hub(self, repo_id: str, *, commit_message: Optional[str] = None,
+                    commit_description: Optional[str] = None, private: Optional[bool] = None, token=None,
+                    revision: Optional[str] = None, create_pr: bool = False, tags: Optional[list[str]] = None, **_):
+        """Upload adapter_config.json to the Hub repo `repo_id` (created if needed); huggingface_hub's CommitInfo."""
+        from ..checkpoint.push import push_folder
+
+        return push_folder(self.save_pretrained, repo_id, default_message="Upload config",
+                           commit_message=commit_message, commit_description=commit_description, private=private,
+                           token=token, revision=revision, create_pr=create_pr, tags=tags)
+
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: str, subfolder: Optional[str] = None, **kwargs):
         """Load adapter_config.json from a directory or a Hub id (kwargs go to huggingface_hub); the class is

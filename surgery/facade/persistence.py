@@ -7,6 +7,7 @@ from typing import Optional
 from ..version import __version__
 from ..checkpoint.card import update_model_card
 from ..checkpoint.gather import full_tensors
+from ..checkpoint.push import push_folder
 from ..checkpoint.io import (adapter_dir, read_config_dict, read_tensors, resolve_adapter_files,
                              saved_config_dict, write_adapter)
 from ..checkpoint.state import get_peft_model_state_dict, set_peft_model_state_dict
@@ -47,9 +48,28 @@ class PersistenceMixin:
             directory = adapter_dir(save_directory, name)
             tensors = collected[name]
             base = config.base_model_name_or_path
-            write_adapter(directory, saved_config_dict(config, base, config.revision), tensors, safe_serialization)
+            data = saved_config_dict(config, base, config.revision)
+            if config.task_type is None:   # as PEFT: AutoPeftModel rebuilds the base from the class it names
+                base_class = type(self.get_base_model())
+                data["auto_mapping"] = {"base_model_class": base_class.__name__,
+                                        "parent_library": base_class.__module__}
+            write_adapter(directory, data, tensors, safe_serialization)
             if name == "default" or not os.path.exists(os.path.join(save_directory, "README.md")):
                 self.create_or_update_model_card(str(directory))
+
+    def push_to_hub(self, repo_id: str, *, commit_message: Optional[str] = None,
+                    commit_description: Optional[str] = None, private: Optional[bool] = None, token=None,
+                    revision: Optional[str] = None, create_pr: bool = False, max_shard_size="50GB",
+                    tags: Optional[list[str]] = None, safe_serialization: bool = True, **save_kwargs):
+        """Upload the adapters as save_pretrained writes them (adapter files and card only, never the base
+        model's weights) to the Hub repo `repo_id`, created if needed; returns huggingface_hub's CommitInfo.
+        save_kwargs (selected_adapters, save_embedding_layers, ...) go to save_pretrained; max_shard_size is
+        accepted for transformers' signature (an adapter is one file)."""
+        return push_folder(lambda folder: self.save_pretrained(folder, safe_serialization=safe_serialization,
+                                                               **save_kwargs),
+                           repo_id, default_message="Upload model", commit_message=commit_message,
+                           commit_description=commit_description, private=private, token=token, revision=revision,
+                           create_pr=create_pr, tags=tags)
 
     def create_or_update_model_card(self, output_dir: str) -> None:
         config = self.active_peft_config

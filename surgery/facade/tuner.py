@@ -21,8 +21,9 @@ from ..plan.model import Plan
 from ..plan.planner import plan_with_config
 from ..rewrite.apply import apply_plan
 from ..rewrite.dtypes import upcast_adapter
+from ..rewrite.modules_to_save import check_one_copy_each
 from ..rewrite.merge import merge_adapters, unload, unmerge_adapters, unwrap
-from ..rewrite.trainable import adapter_layers, mark_trainable
+from ..rewrite.trainable import adapter_layers, mark_trainable, set_adapters_requires_grad
 
 
 class SharedBuffers(nn.Module):
@@ -43,9 +44,6 @@ class SharedBuffers(nn.Module):
 
     def __getitem__(self, adapter_name: str) -> torch.Tensor:
         return self._buffers[adapter_name]
-
-    def __contains__(self, adapter_name: str) -> bool:
-        return adapter_name in self._buffers
 
     def keys(self):
         return self._buffers.keys()
@@ -159,13 +157,7 @@ class TunerModel(nn.Module):
         unknown = [n for n in names if n not in self.peft_config]
         if unknown:
             raise AdapterNameError(f"adapter(s) {unknown} not found; adapters: {list(self.peft_config)}")
-        for fqn, layer in adapter_layers(self.model):   # checked before anything changes
-            holding = [n for n in names if getattr(layer, "_surgery_modules_to_save", False) and
-                       n in layer.modules_to_save]
-            if len(holding) > 1:
-                raise AdapterNameError(f"Only one adapter can be set at a time for ModulesToSaveWrapper at {fqn!r}, "
-                                       f"got {len(holding)} ({holding}): a trained copy replaces the module, so two "
-                                       f"copies cannot both run; activate one of them")
+        check_one_copy_each(adapter_layers(self.model), names)   # checked before anything changes
         self.active_adapter = names
         config = self.peft_config[names[0]].copy()
         config.inference_mode = inference_mode
@@ -203,16 +195,7 @@ class TunerModel(nn.Module):
         unknown = sorted(names - set(self.peft_config))
         if unknown:
             raise AdapterNameError(f"set_requires_grad: {unknown} are not adapters; adapters: {list(self.peft_config)}")
-        for _, layer in adapter_layers(self.model):
-            holders = [layer.modules_to_save] if getattr(layer, "_surgery_modules_to_save", False) else \
-                [holder for _, holder in layer.adapter_containers()]
-            for holder in holders:
-                for key in names & set(holder.keys()):
-                    value = holder[key]
-                    params = [value] if isinstance(value, nn.Parameter) else \
-                        [] if isinstance(value, torch.Tensor) else list(value.parameters())
-                    for param in params:
-                        param.requires_grad_(requires_grad)
+        set_adapters_requires_grad(self.model, names, requires_grad)
 
     # -- shared per-adapter state ----------------------------------------------------------------------
     def add_shared_state(self, adapter_name: str, shared) -> dict[str, SharedBuffers]:

@@ -39,3 +39,10 @@ def upcast_adapter(model: nn.Module, adapter_name: str) -> int:
 
 def _float32(param: nn.Parameter) -> nn.Parameter:
     return nn.Parameter(param.data.to(torch.float32), requires_grad=param.requires_grad)
+
+
+def cast_mixed_precision_params(model: nn.Module, dtype: torch.dtype) -> None:
+    """PEFT's helper for mixed-precision training: frozen parameters to `dtype` (fp16/bf16), trainable ones to
+    float32 (what autocast expects of the weights it updates). In place, on `.data`."""
+    for param in model.parameters():
+        param.data = param.to(torch.float32 if param.requires_grad else dtype)

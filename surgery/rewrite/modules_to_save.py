@@ -11,7 +11,20 @@ from typing import Iterable, Union
 import torch
 from torch import nn
 
+from ..errors import AdapterNameError
 from ..naming import names_for_rows
+
+
+def check_one_copy_each(layers, names: list[str]) -> None:
+    """Refuse activating two adapters that both hold a copy of one module: a trained copy replaces the module,
+    so two copies cannot both run (PEFT's rule and first words)."""
+    for fqn, layer in layers:
+        holding = [n for n in names if getattr(layer, "_surgery_modules_to_save", False) and
+                   n in layer.modules_to_save]
+        if len(holding) > 1:
+            raise AdapterNameError(f"Only one adapter can be set at a time for ModulesToSaveWrapper at {fqn!r}, "
+                                   f"got {len(holding)} ({holding}): a trained copy replaces the module, so two "
+                                   f"copies cannot both run; activate one of them")
 
 
 class ModulesToSaveWrapper(nn.Module):

@@ -2,6 +2,7 @@
 ("none", "all", or "<method>_only" for the targeted layers' biases)."""
 from __future__ import annotations
 
+import torch
 from torch import nn
 
 from ..graph.walk import all_modules, is_adapter_layer
@@ -12,6 +13,20 @@ def adapter_layers(model: nn.Module):
     for name, module in model.named_modules():
         if is_adapter_layer(module):
             yield name, module
+
+
+def set_adapters_requires_grad(model: nn.Module, names: set[str], requires_grad: bool) -> None:
+    """Turn gradients on or off for these adapters' parameters in every adapter layer (buffers stay frozen)."""
+    for _, layer in adapter_layers(model):
+        holders = [layer.modules_to_save] if getattr(layer, "_surgery_modules_to_save", False) else \
+            [holder for _, holder in layer.adapter_containers()]
+        for holder in holders:
+            for key in names & set(holder.keys()):
+                value = holder[key]
+                params = [value] if isinstance(value, nn.Parameter) else \
+                    [] if isinstance(value, torch.Tensor) else list(value.parameters())
+                for param in params:
+                    param.requires_grad_(requires_grad)
 
 
 def mark_trainable(model: nn.Module, config, active: list[str], paths: list[str]) -> None:

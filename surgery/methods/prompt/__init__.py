@@ -19,8 +19,10 @@ from .config import (PrefixTuningConfig, PromptEncoderConfig, PromptEncoderRepar
                      PromptLearningConfig, PromptTuningConfig, PromptTuningInit)
 from .embedding import PromptEmbedding
 from .encoder import PromptEncoder
-from .prefix import PrefixEncoder
+from .prefix import (TRANSFORMERS_MODELS_TO_PREFIX_TUNING_POSTPROCESS_MAPPING, PrefixEncoder,
+                     bloom_model_postprocess_past_key_value)
 from .spec import P_TUNING, PREFIX_TUNING, PROMPT_TUNING
 
-__all__ = ["PrefixEncoder", "PrefixTuningConfig", "PromptEmbedding", "PromptEncoder", "PromptEncoderConfig",
+__all__ = ["TRANSFORMERS_MODELS_TO_PREFIX_TUNING_POSTPROCESS_MAPPING", "bloom_model_postprocess_past_key_value",
+           "PrefixEncoder", "PrefixTuningConfig", "PromptEmbedding", "PromptEncoder", "PromptEncoderConfig",
            "PromptEncoderReparameterizationType", "PromptLearningConfig", "PromptTuningConfig", "PromptTuningInit"]

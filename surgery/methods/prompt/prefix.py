@@ -60,3 +60,19 @@ def layer_states(flat: torch.Tensor, config, batch_size: int) -> list[tuple[torc
     if postprocess is not None:
         layers = postprocess(layers)
     return [(layer[0], layer[1]) for layer in layers]
+
+
+def bloom_model_postprocess_past_key_value(past_key_values: tuple) -> tuple:
+    """PEFT's re-layout of prefix key/values for BLOOM's old cache: the tensors (n, batch, heads, T, head_dim)
+    are concatenated, the first half of the rows are keys ((batch*heads, head_dim, T) each), the second half
+    values ((batch*heads, T, head_dim)), paired per layer. Transformers 5's BLOOM takes the standard layout, so
+    the table below is empty, as PEFT's is under it."""
+    stacked = torch.cat(past_key_values)
+    total, batch, heads, tokens, head_dim = stacked.shape
+    keys = stacked[: total // 2].transpose(2, 3).reshape(total // 2, batch * heads, head_dim, tokens)
+    values = stacked[total // 2:].reshape(total // 2, batch * heads, tokens, head_dim)
+    return tuple(zip(keys, values))
+
+
+# model_type -> post-processing of the prefix key/values; PEFT fills it only for transformers <= 4.53 layouts
+TRANSFORMERS_MODELS_TO_PREFIX_TUNING_POSTPROCESS_MAPPING: dict = {}
