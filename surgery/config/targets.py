@@ -75,3 +75,15 @@ def compile_pattern(owner: str, key: str, pattern: str, embedded: Optional[str] 
         re.compile(pattern if embedded is None else embedded)
     except re.error as exc:
         raise ConfigError(f"{owner}.{key} = {pattern!r} is not a valid regular expression: {exc}") from None
+
+
+def union_of_targets(values: list):
+    """The targets of several adapters as one (PEFT's rule for combined adapters): regexes joined as
+    alternatives "(a)|(b)", name lists united (kept a list, first adapter's names first). All `values` must be
+    of one kind (the caller says how to word that error)."""
+    if isinstance(values[0], str):
+        return "|".join(f"({value})" for value in values)
+    if all(isinstance(value, (list, set, tuple)) for value in values):
+        return list(dict.fromkeys(name for value in values
+                                  for name in (sorted(value) if isinstance(value, set) else value)))
+    raise TypeError(f"Invalid type {type(values[0])} found in target_modules")

@@ -33,6 +33,7 @@ from typing import Optional
 
 import torch
 
+from ...config.targets import union_of_targets
 from ...rewrite.trainable import adapter_layers
 from .layer import LoraLayer
 
@@ -153,14 +154,7 @@ def check_arguments(tuner, adapters: list[str], weights: list[float], combinatio
     if len(kinds) > 1:
         raise ValueError("all adapter configs should follow the same target modules type. Combining adapters with "
                          "`target_modules` type being a mix of list/set and string is not supported.")
-    if isinstance(targets[0], str):
-        new_targets = "|".join(f"({t})" for t in targets)
-    elif isinstance(targets[0], (list, set, tuple)):
-        # PEFT's set union; kept a list (surgery's configs hold lists), first adapter's names first
-        new_targets = list(dict.fromkeys(name for t in targets for name in (sorted(t) if isinstance(t, set) else t)))
-    else:
-        raise TypeError(f"Invalid type {type(targets[0])} found in target_modules")
-    return combination_type, new_rank, new_targets
+    return combination_type, new_rank, union_of_targets(targets)
 
 
 def _check_bias(tuner, config) -> None:
