@@ -41,6 +41,9 @@ class AdapterLayer(nn.Module):
     _surgery_adapter_layer = True
     adapter_layer_names: tuple[str, ...] = ()
     other_param_names: tuple[str, ...] = ()
+    # PEFT's switch (helpers.disable_input_dtype_casting): False leaves inputs in their dtype, for setups whose
+    # own hooks cast (diffusers' layerwise casting)
+    cast_input_dtype_enabled: bool = True
 
     def __init__(self, base_layer: nn.Module):
         super().__init__()
@@ -75,6 +78,12 @@ class AdapterLayer(nn.Module):
             self.__dict__["_active_adapters"] = [adapter_name]
 
     # -- PEFT-compatible views -------------------------------------------------------------------------
+    def _cast_input_dtype(self, x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """x in the adapter's dtype, unless input casting is disabled."""
+        if not self.cast_input_dtype_enabled or x.dtype == dtype:
+            return x
+        return x.to(dtype)
+
     def get_base_layer(self) -> nn.Module:
         base = self.base_layer
         while getattr(base, "_surgery_adapter_layer", False):

@@ -32,4 +32,4 @@ class Linear(LoHaLayer):
         mask = self.rank_mask(name, self.out_features, w1a.dtype, w1a.device)
         row_scale = self.scaling[name] if mask is None else mask * self.scaling[name]
         k_a, k_b = khatri_rao(w1a, w1b, w2a, w2b, row_scale)
-        return F.linear(F.linear(x.to(k_a.dtype), k_b), k_a)
+        return F.linear(F.linear(self._cast_input_dtype(x, k_a.dtype), k_b), k_a)

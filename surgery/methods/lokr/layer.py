@@ -109,7 +109,7 @@ class LoKrLayer(LycorisLayer):
 
     def _delta_output(self, x: torch.Tensor, name: str) -> torch.Tensor:
         delta = self.masked_delta(name)
-        return self.apply_delta(x.to(delta.dtype), delta)
+        return self.apply_delta(self._cast_input_dtype(x, delta.dtype), delta)
 
     def apply_delta(self, x: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:  # pragma: no cover
         raise NotImplementedError

@@ -30,6 +30,6 @@ class Linear(LoKrLayer):
                 layout.a, layout.b, layout.c, layout.d):
             return super()._delta_output(x, name)
         w1, w2 = self.w1(name) * self.scaling[name], self.w2(name)   # the scale on the smaller factor
-        out = kron_apply(x.to(w1.dtype), w1, w2)
+        out = kron_apply(self._cast_input_dtype(x, w1.dtype), w1, w2)
         mask = self.rank_mask(name, self.out_features, out.dtype, out.device)
         return out if mask is None else out * mask

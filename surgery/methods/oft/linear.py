@@ -22,5 +22,5 @@ class Linear(OFTLayer):
             return self.base_layer(x, *args, **kwargs)
         previous_dtype = x.dtype
         for rotation in self._active_rotations():
-            x = rotate_features(x.to(rotation.weight.dtype), rotation.blocks(), rotation.r)
+            x = rotate_features(self._cast_input_dtype(x, rotation.weight.dtype), rotation.blocks(), rotation.r)
         return self.base_layer(x.to(previous_dtype), *args, **kwargs).to(previous_dtype)

@@ -92,7 +92,7 @@ class Linear(WeightMerge, AdapterLayer):
     def _add_adapter(self, x: torch.Tensor, name: str, result: torch.Tensor) -> torch.Tensor:
         lambda_d, lambda_b = self.vera_lambda_d[name], self.vera_lambda_b[name]
         A, B = self.projections(name, lambda_d)
-        x_d = self.vera_dropout[name](x.to(lambda_d.dtype))
+        x_d = self.vera_dropout[name](self._cast_input_dtype(x, lambda_d.dtype))
         return vera_output(result, x_d, A, B, lambda_d, lambda_b)
 
     # -- merge -----------------------------------------------------------------------------------------
