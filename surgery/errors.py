@@ -41,6 +41,10 @@ class PlanError(SurgeryError):
     """A plan cannot be applied to this model (unsupported layer, conflicting options, ...)."""
 
 
+class UnsupportedLayerError(PlanError, NotImplementedError):
+    """A target layer of a kind the method cannot adapt (PEFT raises NotImplementedError for these)."""
+
+
 class CheckpointError(SurgeryError):
     """An adapter on disk is missing, malformed or does not fit the model."""
 

@@ -5,6 +5,7 @@
     check_if_peft_model(path_or_id)      whether an adapter_config.json is found there
     rescale_adapter_scale(model, m)      LoRA scalings times m inside a `with` block
     disable_input_dtype_casting(model)   adapter layers leave inputs in their dtype inside the block
+    DoraCaching                          DoRA's row norms cached in eval mode
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from torch import nn
 
 from .config.base import PeftConfig
 from .methods.base_layer import AdapterLayer
+from .methods.lora import dora as _dora
 from .methods.lora.rescale import rescale_adapter_scale
 
 # PEFT replaces only a generic (*args, **kwargs) signature; surgery's PeftModel.forward also names adapter_names
@@ -68,6 +70,27 @@ def check_if_peft_model(model_name_or_path: str) -> bool:
     return True
 
 
+class DoraCaching:
+    """DoRA's row norms kept between forwards in eval mode (faster inference, a vector per layer of memory).
+    `with DoraCaching():` for a block, `DoraCaching()(enabled=True)` to switch it on for good. Training mode
+    never caches; switching modes clears the caches."""
+
+    def __init__(self, enabled: bool = True) -> None:
+        self.enabled = enabled
+        self.prev_value = None
+
+    def __enter__(self):
+        self.prev_value = _dora.ENABLE_DORA_CACHING
+        _dora.ENABLE_DORA_CACHING = self.enabled
+
+    def __exit__(self, *exc):
+        _dora.ENABLE_DORA_CACHING = self.prev_value
+        self.prev_value = None
+
+    def __call__(self, enabled: bool = True) -> None:
+        _dora.ENABLE_DORA_CACHING = enabled
+
+
 @contextmanager
 def disable_input_dtype_casting(model: nn.Module, active: bool = True):
     if not active:
@@ -87,5 +110,5 @@ def disable_input_dtype_casting(model: nn.Module, active: bool = True):
                 layer.cast_input_dtype_enabled = value
 
 
-__all__ = ["check_if_peft_model", "disable_input_dtype_casting", "rescale_adapter_scale", "update_forward_signature",
+__all__ = ["DoraCaching", "check_if_peft_model", "disable_input_dtype_casting", "rescale_adapter_scale", "update_forward_signature",
            "update_generate_signature", "update_signature"]

@@ -29,13 +29,16 @@ SUITE = CACHE / "suite"
 PEFT_VERSION = "0.21.2"
 
 NO_HUB_FILES = ("test_custom_models.py", "test_config.py", "test_other.py", "test_initialization.py",
-                "test_low_level_api.py", "test_lora_variants.py", "test_tuners_utils.py", "test_mapping.py")
+                "test_low_level_api.py", "test_lora_variants.py", "test_tuners_utils.py", "test_mapping.py",
+                "test_helpers.py", "test_loraplus.py", "test_lora_conversion.py", "test_bufferdict.py",
+                "test_vera.py", "test_boft.py", "test_target_parameters.py", "test_trainable_tokens.py")
 MODEL_FILES = ("test_decoder_models.py", "test_encoder_decoder_models.py", "test_feature_extraction_models.py",
                "test_seq_classifier.py")
 # The CI slice: a fixed list of tests that pass with surgery (ci_expected.txt), a few minutes on 2 cores: the small
 # files whole, and every LoRA / prompt-learning case of the custom-model tests with one in CI_CUSTOM_EVERY of the rest.
 CI_FILES = ("test_config.py", "test_mapping.py", "test_low_level_api.py", "test_other.py", "test_tuners_utils.py",
-            "test_custom_models.py")
+            "test_custom_models.py", "test_helpers.py", "test_loraplus.py", "test_lora_conversion.py",
+            "test_bufferdict.py", "test_vera.py", "test_boft.py")
 CI_CUSTOM_EVERY = 8
 CI_EXPECTED = HERE / "ci_expected.txt"
 

@@ -32,12 +32,14 @@ def _original_key(key: str, wrappers: dict[str, nn.Module]) -> Optional[str]:
         out.append(parts[i])
         i += 1
         layer = wrappers.get(prefix)
-        if layer is None:
-            continue
-        inner = "original_module" if getattr(layer, "_surgery_modules_to_save", False) else "base_layer"
-        if i >= len(parts) or parts[i] != inner:
-            return None   # an adapter's parameter (a container entry, modules_to_save.<adapter>...)
-        i += 1            # drop the wrapper's infix
+        while layer is not None:   # a wrapper, and those stacked inside it (one per adapted parameter)
+            # the wrapper's infix: its own (`base_infix`, e.g. "token_adapter.base_layer"), or the usual one
+            default = "original_module" if getattr(layer, "_surgery_modules_to_save", False) else "base_layer"
+            inner = getattr(type(layer), "base_infix", default).split(".")
+            if parts[i:i + len(inner)] != inner:
+                return None   # an adapter's parameter (a container entry, modules_to_save.<adapter>...)
+            i += len(inner)   # drop the wrapper's infix
+            layer = wrappers.get(".".join(parts[:i]) + ".")
     return ".".join(out)
 
 

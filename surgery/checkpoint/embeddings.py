@@ -51,7 +51,8 @@ def resolve(peft_model, config, value: Union[bool, str]) -> tuple[bool, bool]:
     targeted = embedding_is_targeted(base, config)
     if value != "auto":
         return bool(value), targeted
-    if targeted and get_method(config.peft_type).saves_targeted_embeddings:
+    saves = get_method(config.peft_type).saves_targeted_embeddings
+    if targeted and (saves(config) if callable(saves) else saves):
         logger.warning("save_embedding_layers='auto': saving the embedding layers, which are in target_modules")
         return True, targeted
     vocab = getattr(getattr(base, "config", None), "vocab_size", None)

@@ -22,12 +22,15 @@ _HUB_KEYS = ("revision", "token", "cache_dir", "subfolder", "force_download", "l
 class PersistenceMixin:
     def save_pretrained(self, save_directory: str, safe_serialization: bool = True,
                         selected_adapters: Optional[list[str]] = None, save_embedding_layers="auto",
-                        is_main_process: bool = True, **kwargs) -> None:
+                        is_main_process: bool = True, path_initial_model_for_weight_conversion=None,
+                        **kwargs) -> None:
         """Write each adapter in PEFT's format (non-default adapters in subfolders); atomic per file.
 
         Under torch.distributed call it on every rank with is_main_process=(rank == 0): FSDP2-sharded adapters
         are gathered collectively, then only the main process writes. `state_dict=` (PEFT's keyword) takes the
-        adapter tensors from that full-model state dict instead of the live parameters."""
+        adapter tensors from that full-model state dict instead of the live parameters.
+        path_initial_model_for_weight_conversion: where the adapter was saved right after initialisation, for a
+        method whose init rewrote the base weights; each adapter is saved as one for the original base instead."""
         if os.path.isfile(save_directory):
             raise ValueError(f"save_directory {save_directory!r} is a file; pass a directory")
         names = list(self.peft_config) if selected_adapters is None else list(selected_adapters)
@@ -43,8 +46,13 @@ class PersistenceMixin:
                      for name in names}
         if not is_main_process:
             return
+        configs = {name: self.peft_config[name] for name in names}
+        if path_initial_model_for_weight_conversion is not None:
+            for name in names:
+                configs[name], collected[name] = self._initial_model_conversion(
+                    name, collected[name], path_initial_model_for_weight_conversion, state_dict)
         for name in names:
-            config = self.peft_config[name]
+            config = configs[name]
             directory = adapter_dir(save_directory, name)
             tensors = collected[name]
             base = config.base_model_name_or_path
@@ -56,6 +64,14 @@ class PersistenceMixin:
             write_adapter(directory, data, tensors, safe_serialization)
             if name == "default" or not os.path.exists(os.path.join(save_directory, "README.md")):
                 self.create_or_update_model_card(str(directory))
+
+    def _initial_model_conversion(self, name: str, tensors: dict, path, state_dict) -> tuple:
+        """(config, tensors) of adapter `name` as an adapter for the original base (the method's conversion)."""
+        convert = get_method(self.peft_config[name].peft_type).initial_model_conversion
+        if convert is None:   # PEFT's words
+            raise ValueError(f"Passing `path_initial_model_for_weight_conversion` to `save_pretrained` is not "
+                             f"supported for {type(self.base_model).__name__}.")
+        return convert(self, name, tensors, path, state_dict)
 
     def push_to_hub(self, repo_id: str, *, commit_message: Optional[str] = None,
                     commit_description: Optional[str] = None, private: Optional[bool] = None, token=None,

@@ -89,6 +89,12 @@ def _layer_status(name: str, layer: nn.Module) -> TunerLayerStatus:
         quantization_backend=getattr(backend, "backend_name", backend))
 
 
+def _reported(name: str, layer: nn.Module) -> tuple[str, nn.Module]:
+    """A wrapper whose class names a `reported_layer` inside it is reported as that layer (PEFT lists the layer)."""
+    inner = getattr(type(layer), "reported_layer", None)
+    return (f"{name}.{inner}", layer.get_submodule(inner)) if inner else (name, layer)
+
+
 def _is_peft_model(model: nn.Module) -> bool:
     # Duck-typed, so this module does not import the façade that offers these reports as methods.
     return hasattr(model, "_injected_states") and isinstance(getattr(model, "peft_config", None), dict)
@@ -106,7 +112,7 @@ def _tuner_of(model: nn.Module, what: str) -> nn.Module:
 def get_layer_status(model: nn.Module) -> list[TunerLayerStatus]:
     """One TunerLayerStatus per adapter layer (and modules_to_save copy) of a PeftModel or injected model."""
     root = _tuner_of(model, "get_layer_status")
-    found = [_layer_status(name, layer) for name, layer in adapter_layers(root)]
+    found = [_layer_status(*_reported(name, layer)) for name, layer in adapter_layers(root)]
     if not found:
         raise SurgeryError("get_layer_status: no adapter layers found in the model; pass a PeftModel or a model "
                            "with adapters injected (inject_adapter_in_model)")

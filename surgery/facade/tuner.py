@@ -7,6 +7,7 @@ subclass (PEFT's `<Method>Model`) in its spec: the class PEFT users see and chec
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 from typing import Optional, Union
 
@@ -15,38 +16,18 @@ from torch import nn
 
 from ..config.base import PeftConfig
 from ..errors import AdapterNameError, PlanError
+from ..graph.embedding_ties import tied_with_input_embedding
 from ..methods.registry import get_method, model_api
 from ..naming import validate_adapter_name
 from ..plan.model import Plan
+from ..plan.parameters import check_same_parameter_targets
 from ..plan.planner import plan_with_config
 from ..rewrite.apply import apply_plan
 from ..rewrite.dtypes import upcast_adapter
 from ..rewrite.modules_to_save import check_one_copy_each
 from ..rewrite.merge import merge_adapters, unload, unmerge_adapters, unwrap
 from ..rewrite.trainable import adapter_layers, mark_trainable, set_adapters_requires_grad
-
-
-class SharedBuffers(nn.Module):
-    """One shared tensor per adapter, as buffers named by adapter (PEFT's BufferDict layout)."""
-
-    def add(self, adapter_name: str, tensor: torch.Tensor, persistent: bool) -> None:
-        self.register_buffer(adapter_name, tensor, persistent=persistent)
-
-    def remove(self, adapter_name: str) -> None:
-        self._buffers.pop(adapter_name, None)
-        self._non_persistent_buffers_set.discard(adapter_name)
-
-    def __contains__(self, adapter_name: str) -> bool:   # PEFT's BufferDict answers `name in holder`
-        return adapter_name in self._buffers
-
-    def persistent(self, adapter_name: str) -> bool:
-        return adapter_name in self._buffers and adapter_name not in self._non_persistent_buffers_set
-
-    def __getitem__(self, adapter_name: str) -> torch.Tensor:
-        return self._buffers[adapter_name]
-
-    def keys(self):
-        return self._buffers.keys()
+from .buffers import SharedBuffers
 
 
 class TunerModel(nn.Module):
@@ -55,6 +36,16 @@ class TunerModel(nn.Module):
     `LoraModel(model, config, "default")` (PEFT's low-level use) injects the adapter at once; the façade
     passes its own {name: config} dict and adds adapters through plan_adapter / apply_adapter.
     """
+
+    @staticmethod
+    def get_model_config(model: nn.Module) -> dict:
+        """The model's config as a dict (PEFT's helper); {"model_type": "custom"} for a model without one."""
+        config = getattr(model, "config", None)
+        if config is None:
+            return {"model_type": "custom"}
+        if hasattr(config, "to_dict"):
+            return config.to_dict()
+        return dataclasses.asdict(config) if dataclasses.is_dataclass(config) else config
 
     prefix: str = ""   # the method's parameter-name prefix (PEFT's tuner attribute, e.g. "lora_")
     uses_shared_state: bool = False   # PEFT's flag: state shared across layers lives on the tuner (VeRA)
@@ -70,8 +61,9 @@ class TunerModel(nn.Module):
         if injects:
             self.peft_config[adapter_name] = peft_config
             self.inject_adapter(model, adapter_name, low_cpu_mem_usage=low_cpu_mem_usage, state_dict=state_dict)
-            # as PEFT: the injected model carries its configs, so get_peft_model_state_dict(model) works on it
-            model.peft_config = self.peft_config
+        # as PEFT: the adapted model carries its configs (get_peft_model_state_dict(model) and integrations read
+        # them there); unload takes them off again
+        model.peft_config = self.peft_config
 
     def forward(self, *args, **kwargs):
         return self.model(*args, **kwargs)
@@ -100,10 +92,19 @@ class TunerModel(nn.Module):
     def active_adapter(self, names: Union[str, list[str]]) -> None:
         self.__dict__["_active"] = [names] if isinstance(names, str) else list(names)
 
+    def _get_module_names_tied_with_embedding(self) -> list[str]:
+        """PEFT's BaseTuner method: the modules tied to the input embedding (graph/embedding_ties.py)."""
+        return tied_with_input_embedding(self.model)
+
     @property
     def targeted_module_names(self) -> list[str]:
         """The modules the adapters rewrote (PEFT's attribute), in model order per adapter."""
         return list(dict.fromkeys(path for plan in self.plans.values() for path in plan.paths()))
+
+    @property
+    def targeted_parameter_names(self) -> list[str]:
+        """The parameters the adapters adapt ("<module>.<parameter>", PEFT's attribute, from target_parameters)."""
+        return list(dict.fromkeys(key for plan in self.plans.values() for key in plan.parameter_paths()))
 
     def plan_adapter(self, adapter_name: str, config: PeftConfig, strict: bool = True, heads=None,
                      checkpoint_shapes: Optional[dict] = None):
@@ -112,6 +113,7 @@ class TunerModel(nn.Module):
         if adapter_name in self.plans:
             raise AdapterNameError(f"adapter {adapter_name!r} already exists; delete_adapter({adapter_name!r}) "
                                    f"first or choose another name")
+        check_same_parameter_targets(config, self.peft_config)
         return plan_with_config(self.model, config, adapter_name, strict_targets=strict, heads=heads,
                                 checkpoint_shapes=checkpoint_shapes)
 
@@ -132,6 +134,11 @@ class TunerModel(nn.Module):
         if spec.injector is not None:
             raise PlanError(f"{spec.label} adds inputs, not layers: use get_peft_model(model, config)")
         shapes = None
+        if state_dict is not None and getattr(config, "target_parameters", None):   # PEFT's words
+            self.peft_config[adapter_name] = config
+            raise PlanError("Trying to inject a PEFT adapter from a state_dict but the PEFT config uses "
+                            "`target_parameters`. This is not supported -- when using `target_parameters`, please "
+                            "inject the adapter without the state_dict.")
         if state_dict is not None:
             config = config.copy()
             config.target_modules = _modules_named_by(state_dict, self.prefix)
@@ -223,18 +230,24 @@ class TunerModel(nn.Module):
         """{name: tensor} of an adapter's shared state (the saved ones only, by default)."""
         return {key: holder[adapter_name] for key, holder in self._modules.items()
                 if isinstance(holder, SharedBuffers) and adapter_name in holder
-                and (holder.persistent(adapter_name) or not persistent_only)}
+                and (holder.is_persistent(adapter_name) or not persistent_only)}
 
     # -- merge, unload, on and off ---------------------------------------------------------------------
     def merge_and_unload(self, progressbar: bool = False, safe_merge: bool = False, adapter_names=None,
                          dequantize: bool = False):
         """PEFT's merge_and_unload; `dequantize=True` (ours) first turns quantized bases into full-precision
         layers, so the merged model equals the adapted one instead of being rounded back to 4 / 8 bits."""
-        return unload(self.model, merge=True, safe_merge=safe_merge, adapter_names=adapter_names,
-                      progress=progressbar, dequantize=dequantize)
+        model = unload(self.model, merge=True, safe_merge=safe_merge, adapter_names=adapter_names,
+                       progress=progressbar, dequantize=dequantize)
+        return self._without_configs(model)
 
     def unload(self):
-        return unload(self.model, merge=False)
+        return self._without_configs(unload(self.model, merge=False))
+
+    def _without_configs(self, model: nn.Module) -> nn.Module:
+        if model.__dict__.get("peft_config") is self.peft_config:
+            del model.__dict__["peft_config"]
+        return model
 
     def merge_adapter(self, adapter_names=None, safe_merge: bool = False) -> None:
         merge_adapters(self.model, adapter_names, safe_merge)

@@ -71,12 +71,12 @@ def _names_or_regex(value):
     return Regex(value) if isinstance(value, str) else Names(tuple(value))
 
 
-def match_rule(graph: nx.DiGraph, rule: Rule, *, strict: bool = True) -> list[str]:
+def match_rule(graph: nx.DiGraph, rule: Rule, *, strict: bool = True, allow_empty: bool = False) -> list[str]:
     """The qualified names of the modules the rule selects, in module order.
 
-    Matching nothing at all is an error (TargetNotFoundError, with close names). strict: a target name that
-    selects nothing while others do warns; non-strict (loading a saved adapter, whose list was checked when it
-    was trained) it is quiet.
+    Matching nothing at all is an error (TargetNotFoundError, with close names), unless `allow_empty` (the
+    config adapts parameters too, and those matched). strict: a target name that selects nothing while others
+    do warns; non-strict (loading a saved adapter, whose list was checked when it was trained) it is quiet.
     """
     matches: list[str] = []
     skip_under: Optional[str] = None
@@ -91,7 +91,8 @@ def match_rule(graph: nx.DiGraph, rule: Rule, *, strict: bool = True) -> list[st
             continue
         matches.append(fqn)
         skip_under = fqn + "."  # a module to be replaced is not descended into
-    _check_found(graph, rule, matches, seen_names, strict)
+    if matches or not allow_empty:
+        _check_found(graph, rule, matches, seen_names, strict)
     return matches
 
 
@@ -125,7 +126,12 @@ def _check_found(graph, rule: Rule, matches, seen_names, strict: bool) -> None:
     if not matches:
         what = f"target_modules: {', '.join(hints)} matched" if hints else \
             f"the rule ({rule.describe() or 'no target_modules and no target_types'}) matched"
-        raise TargetNotFoundError(f"{what} no module of the model; module names here include: "
+        names_nothing = rule.types is None and (rule.target is None or rule.target == Names(()))
+        if names_nothing:   # PEFT's words first (an empty target list, nothing else to adapt)
+            what = ("No `target_modules` passed but also no `target_parameters` found. Please check the values for "
+                    "these arguments. (target_modules names nothing, so it matched")
+        raise TargetNotFoundError(f"{what} no module of the model{')' if names_nothing else ''}; module names here "
+                                  f"include: "
                                   f"{', '.join(leaf_names[:25])}")
     if hints and strict:
         warnings.warn(f"target_modules: {', '.join(hints)} matched no module of the model; adapting the "

@@ -44,6 +44,8 @@ class AdapterLayer(nn.Module):
     # PEFT's switch (helpers.disable_input_dtype_casting): False leaves inputs in their dtype, for setups whose
     # own hooks cast (diffusers' layerwise casting)
     cast_input_dtype_enabled: bool = True
+    # PEFT prints most layers as "<method>.<Class>(" (get_layer_status's module_type); a few it prints bare
+    repr_with_method: bool = True
 
     def __init__(self, base_layer: nn.Module):
         super().__init__()
@@ -129,6 +131,14 @@ class AdapterLayer(nn.Module):
     @property
     def active_adapters(self) -> list[str]:
         return self._active_adapters
+
+    @property
+    def _active_adapter(self) -> list[str]:   # PEFT's attribute name (code and tests set it directly)
+        return self._active_adapters
+
+    @_active_adapter.setter
+    def _active_adapter(self, names) -> None:
+        self._active_adapters = [names] if isinstance(names, str) else list(names)
 
     @property
     def active_adapter(self) -> Union[str, list[str]]:
@@ -244,5 +254,5 @@ class AdapterLayer(nn.Module):
         # PEFT prints its layers as "<method>.<Class>(...)", e.g. "lora.Linear(": get_layer_status reports it
         # as module_type, and users grep printed models for it. The method is the layer's package.
         parts = type(self).__module__.split(".")
-        method = parts[2] if len(parts) > 3 and parts[:2] == ["surgery", "methods"] else ""
+        method = parts[2] if len(parts) > 3 and parts[:2] == ["surgery", "methods"] and self.repr_with_method else ""
         return f"{method}.{super().__repr__()}" if method else super().__repr__()

@@ -15,6 +15,11 @@ The planner, the rewriter, the checkpoint code and the façade never name a meth
                   sees the tuner, so a new adapter can be checked against (and reuse) the other adapters' state
   planner         methods that inject state instead of wrapping modules plan themselves (prompt learning)
   injector        ...and keep that state in one object on the PeftModel (see InjectedState)
+  initial_model_conversion   what save_pretrained saves with path_initial_model_for_weight_conversion
+  parameter_handler  the layer that adapts one nn.Parameter of a module (config.target_parameters), if any
+  restructure     a change to the model's structure a config asks for before any layer (Restructure)
+  auxiliary       modules a config wraps besides the method's layers, for extra training (Auxiliary)
+  tied_modules    modules a config ties to a module it adapts: they share its adapter (or trained copy)
 """
 from __future__ import annotations
 
@@ -42,9 +47,25 @@ class Handler:
     backend: Any = None
 
 
+@dataclass(frozen=True)
+class ParameterHandler:
+    """How a method adapts one nn.Parameter of a module (config.target_parameters) instead of the module.
+
+    The layer is built as `layer(module, parameter_name=name)`; several targeted parameters of one module give
+    stacked layers, each wrapping the one before (the first parameter innermost), and a layer class marks itself
+    with `_surgery_parameter_layer = True` so the pipeline can find the one adapting a given parameter."""
+
+    layer: type
+    label: str                                                        # for messages: "2-D / 3-D nn.Parameter"
+    # (module, parameter name, config, "module.param") -> None, or why it cannot be adapted (the PlanError text)
+    refuses: Callable[[nn.Module, str, Any, str], Optional[str]]
+    rewrite_params: Callable[["RewriteSite"], dict]                  # like MethodSpec.rewrite_params
+    added_params: Callable[[Any, dict, Any], int]                    # (parameter tensor, params, config) -> count
+
+
 @dataclass
 class RewriteSite:
-    """What rewrite_params sees of one matched module."""
+    """What rewrite_params sees of one matched module (or, with `parameter`, of one targeted parameter of it)."""
 
     fqn: str
     base: nn.Module          # the module to adapt (the base layer when it is wrapped already)
@@ -53,6 +74,12 @@ class RewriteSite:
     # when loading a checkpoint: the shapes it holds under this module ({"lora_A.weight": (r, in), ...}), so a
     # method whose saved shapes can differ from what its config implies plans what the checkpoint holds
     saved: dict = field(default_factory=dict)
+    parameter: str = ""      # a parameter target: the parameter's name on `base` (config.target_parameters)
+
+    @property
+    def key(self) -> str:
+        """The name patterns (rank_pattern, ...) are matched against: the module path, or "<path>.<parameter>"."""
+        return f"{self.fqn}.{self.parameter}" if self.parameter and self.fqn else self.parameter or self.fqn
 
     def note(self, message: str) -> None:
         if message not in self.notes:
@@ -64,6 +91,61 @@ class SharedState(NamedTuple):
 
     tensors: dict
     persistent: bool = True   # saved with the adapter (checkpoint key base_model.<name>)
+
+
+@dataclass(frozen=True)
+class Restructure:
+    """A change to the base model's structure that a config asks for before any adapter layer is built (PEFT's
+    _prepare_model: LoRA's layer_replication). Planned first, applied with the plan:
+
+      plan(model, config) -> dict or None      the change as JSON-ready data, checked against the model (None:
+                                               nothing to change); raises ConfigError / PlanError
+      view(model, change) -> nn.Module         the model as it will be, sharing the model's modules and parameters
+                                               where they stay; `model` itself is left unchanged
+      install(model, view, change) -> None     give `model` the view's structure (after every check passed)
+      describe(change) -> str                  one line for the audit table
+    """
+
+    plan: Callable
+    view: Callable
+    install: Callable
+    describe: Callable
+
+
+@dataclass
+class AuxiliarySite:
+    """What Auxiliary.plan sees: the model (as the plan will leave it), its graph, the resolved config, and the
+    paths the plan already rewrites (targets) or copies (saved: modules_to_save)."""
+
+    model: nn.Module
+    graph: Any
+    config: Any
+    adapter_name: str
+    targets: list
+    saved: list
+    notes: list
+
+
+@dataclass(frozen=True)
+class Auxiliary:
+    """Modules a config wraps besides the method's layers, to train part of them (PEFT's AuxiliaryTrainingWrapper
+    other than modules_to_save, e.g. LoRA's trainable_token_indices).
+
+      plan(site) -> [AuxiliaryWrap]   what to wrap and with which parameters (plan/model.py), checked
+      wrappers                        the wrapper classes those wraps name; each is an adapter layer built as
+                                      cls(module), given the adapter by update_layer(name, config, **params)
+                                      (a `tied_to` param names the wrap whose state it shares: the rewriter
+                                      passes that wrapper instead)
+    """
+
+    plan: Callable
+    wrappers: tuple = ()
+
+    def wrapper_class(self, name: str) -> type:
+        for cls in self.wrappers:
+            if qualified_name(cls) == name:
+                return cls
+        raise PlanError(f"the plan names wrapper class {name!r}, which this method does not have")
 
 
 def _no_params(site: RewriteSite) -> dict:
@@ -84,13 +166,15 @@ class MethodSpec:
     # target_modules when the config gives none: {transformers model_type: names}, or (model) -> target_modules
     default_targets: Union[dict, Callable] = field(default_factory=dict)
     resolve_config: Optional[Callable] = None   # (config, model) -> None: fill fields PEFT derives from the model
+    prepare_config: Optional[Callable] = None   # (config, model) -> plan notes: rewrite targets before the defaults
     mergeable: bool = True
     merge_refusal: str = ""                     # why, when not mergeable
     mixed_batch: bool = False                   # adapter_names= (one adapter per sample) supported
     frozen_on_load: str = ""                    # why a saved adapter cannot be loaded trainable (empty: it can)
     upcasts_adapters: bool = True               # float32 adapters on half-precision bases (autocast_adapter_dtype);
                                                 # False where the adapter is a copy of base modules (keeps their dtype)
-    saves_targeted_embeddings: bool = True      # save_embedding_layers="auto" saves embeddings that are targets
+    # save_embedding_layers="auto" saves embeddings that are targets; or (config) -> bool, per adapter
+    saves_targeted_embeddings: Union[bool, Callable] = True
     collapsed_keys: tuple[str, ...] = ()
     # (model, plan, config, tuner) -> SharedState; tuner: the TunerModel (its peft_config and shared_tensors
     # are the other adapters'). Layers get `shared=` {name: holder}: index holder[adapter_name] when run
@@ -102,6 +186,17 @@ class MethodSpec:
     model_api: dict = field(default_factory=dict)
     # `surgery inspect`: the rank of one module's adapter from its checkpoint tensors ({container: tensor})
     checkpoint_rank: Optional[Callable[[dict], int]] = None
+    # save_pretrained(path_initial_model_for_weight_conversion=P), for methods whose init rewrites the base weights:
+    # (peft_model, adapter_name, tensors, P, state_dict) -> (config, tensors) to save instead, an adapter for the
+    # original base; None: the method refuses the keyword
+    initial_model_conversion: Optional[Callable] = None
+    parameter_handler: Optional[ParameterHandler] = None   # config.target_parameters (None: the method has none)
+    restructure: Optional[Restructure] = None
+    auxiliary: Optional[Auxiliary] = None
+    # (model, graph, config) -> {follower path: leader path}: modules the config ties to a module it adapts
+    # (LoRA's ensure_weight_tying). A follower of a target is rewritten after it, given its layer (TIED_TO); a
+    # follower of a modules_to_save module gets a copy sharing the leader's copy's parameters
+    tied_modules: Optional[Callable] = None
 
     # -- what the core asks ----------------------------------------------------------------------------
     @property
@@ -114,6 +209,8 @@ class MethodSpec:
         for handler in self.handlers:
             if handler.backend is backend and handler.accepts(base):
                 reason = handler.refuses(base, config, fqn) if handler.refuses is not None else None
+                if isinstance(reason, Exception):   # a refusal with its own error class
+                    raise reason
                 if reason:
                     raise PlanError(reason)
                 return handler
@@ -130,7 +227,7 @@ class MethodSpec:
 
     def layer_class(self, name: str) -> type:
         """The layer class a plan names (only among this method's own handlers: a plan is data)."""
-        for handler in self.handlers:
+        for handler in self.handlers + ((self.parameter_handler,) if self.parameter_handler else ()):
             if qualified_name(handler.layer) == name:
                 return handler.layer
         raise PlanError(f"the plan names layer class {name!r}, which {self.label} does not have")

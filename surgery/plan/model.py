@@ -22,6 +22,13 @@ class Rewrite:
     added_params: int = 0
     params: dict = field(default_factory=dict)   # the method's per-module parameters (rank, alpha, ...)
     base_format: str = ""         # a quantized base's storage ("nf4, block 64"); empty for a plain one
+    parameter: str = ""           # a parameter target (target_parameters): its name on the module at `path`;
+                                  # base_shape is then the parameter's shape
+
+    @property
+    def target(self) -> str:
+        """What is adapted: the module path, or "<path>.<parameter>" for a parameter target."""
+        return f"{self.path}.{self.parameter}" if self.parameter else self.path
 
     def __getitem__(self, key: str):
         return self.params[key]
@@ -34,6 +41,21 @@ class SavedModule:
     path: str
     base_type: str
     params: int
+    tied_to: Optional[str] = None   # shares the copy of this module (a tie kept: ensure_weight_tying); params 0
+
+
+@dataclass(frozen=True)
+class AuxiliaryWrap:
+    """A module a config wraps besides the method's layers, to train part of it (spec.auxiliary): e.g. a few
+    rows of an embedding. `tied_to` in params: the path of the wrap whose state this one shares."""
+
+    path: str
+    base_type: str
+    wrapper: str                  # qualified name of the wrapper class (one of the spec's auxiliary wrappers)
+    kind: str                     # what is trained, in words (the audit table's method column)
+    action: str = "wrap"          # "wrap" a plain module, or "add" the adapter to a wrapper already there
+    added_params: int = 0
+    params: dict = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -64,12 +86,16 @@ class Plan:
     flags: list = field(default_factory=list)     # [label, params key]: shown after the method name when true
     # bytes to fit (plan/memory.py), filled when the base has quantized layers: base, adapter, training extra
     memory: dict = field(default_factory=dict)
+    # changes to the model's structure made before the rewrites (spec.restructure), as data: paths in `rewrites`
+    # are those of the changed model
+    structure: list = field(default_factory=list)
+    auxiliaries: list[AuxiliaryWrap] = field(default_factory=list)
 
     # -- totals (PEFT's print_trainable_parameters figures after the rewrite) ---------------------------
     @property
     def added_params(self) -> int:
         return (sum(r.added_params for r in self.rewrites) + sum(m.params for m in self.modules_to_save)
-                + sum(i.params for i in self.injections))
+                + sum(i.params for i in self.injections) + sum(a.added_params for a in self.auxiliaries))
 
     @property
     def trainable_params(self) -> int:
@@ -84,7 +110,12 @@ class Plan:
         return trainable_line(self.trainable_params, self.all_params)
 
     def paths(self) -> list[str]:
-        return [r.path for r in self.rewrites]
+        """The modules rewritten as modules (PEFT's targeted_module_names); parameter targets are not listed."""
+        return [r.path for r in self.rewrites if not r.parameter]
+
+    def parameter_paths(self) -> list[str]:
+        """The parameters adapted ("<module>.<parameter>", PEFT's targeted_parameter_names)."""
+        return [r.target for r in self.rewrites if r.parameter]
 
     # -- JSON ------------------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -103,7 +134,8 @@ class Plan:
         rewrites = [Rewrite(**{**r, "base_shape": tuple(r["base_shape"])}) for r in data.pop("rewrites")]
         saved = [SavedModule(**m) for m in data.pop("modules_to_save", [])]
         injected = [Injection(**{**i, "shape": tuple(i["shape"])}) for i in data.pop("injections", [])]
-        return cls(rewrites=rewrites, modules_to_save=saved, injections=injected, **data)
+        extra = [AuxiliaryWrap(**a) for a in data.pop("auxiliaries", [])]
+        return cls(rewrites=rewrites, modules_to_save=saved, injections=injected, auxiliaries=extra, **data)
 
     @classmethod
     def from_json(cls, text: str) -> "Plan":

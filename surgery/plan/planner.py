@@ -16,6 +16,7 @@ from ..config.loading import load_config
 from ..errors import ConfigError, PlanError
 from ..quantized import stored_numel
 from .memory import memory_figures, storage_label
+from ..graph.embedding_ties import warn_if_tie_not_kept
 from ..graph.kinds import weight_shape
 from ..graph.walk import is_adapter_layer, module_graph
 from ..matching.rules import compile_rule, match_rule
@@ -24,7 +25,10 @@ from ..methods.registry import get_method
 from ..methods.spec import RewriteSite, qualified_name
 from ..naming import validate_adapter_name
 from ..tasks import task_for
+from .additions import auxiliary_wraps, config_ties, restructured, with_tied_copies
 from .model import Plan, Rewrite, SavedModule
+from .moe import routing_notes
+from .parameters import check_found, match_parameters, parameter_rewrites
 from .ties import TIED_TO, followers
 
 logger = logging.getLogger(__name__)
@@ -52,40 +56,67 @@ def plan_with_config(model: nn.Module, config, adapter_name: str = "default", *,
     add_heads(config, task_for(config.task_type).heads if heads is None else heads)
     if config.base_model_name_or_path is None:
         config.base_model_name_or_path = getattr(model, "name_or_path", None) or None
+    model, structure = restructured(spec, model, config)   # a view of the model as the change leaves it
     graph = module_graph(model)
     if spec.planner is not None:  # methods that inject state instead of wrapping modules
         saved = _modules_to_save(graph, config, [])
         return spec.planner(model, config, adapter_name, saved, count_params(model, graph))
+    # targets PEFT rewrites for the model first (e.g. v4 names of fused experts); returns plan notes
+    prepared = (spec.prepare_config(config, model) or []) if spec.prepare_config is not None else []
+    if not hasattr(config, "ensure_weight_tying"):   # PEFT's warning where a method cannot keep a tie
+        warn_if_tie_not_kept(config, model)
     _fill_default_targets(config, model, spec)
     if spec.resolve_config is not None:   # fields PEFT derives from the model (after the default targets)
         spec.resolve_config(config, model)
     rule = compile_rule(config, model)
     _check_layers(graph, rule)
-    matches = match_rule(graph, rule, strict=strict_targets)
-    notes: list[str] = []
+    parameter_names = getattr(config, "target_parameters", None)   # parameter targets (plan/parameters.py)
+    targets, used = match_parameters(graph, parameter_names) if parameter_names else ([], set())
+    matches = match_rule(graph, rule, strict=strict_targets, allow_empty=bool(parameter_names))
+    if parameter_names:
+        check_found(graph, config, targets, used, matches, strict_targets)
+    notes: list[str] = list(prepared)
     saved = _saved_by_module(checkpoint_shapes, matches)
     rewrites = [_rewrite(graph, fqn, config, spec, adapter_name, notes, saved=saved.get(fqn)) for fqn in matches]
-    if spec.follows_ties:   # modules sharing a weight with a target follow its layer (plan/ties.py)
-        tied = followers(graph, matches)
+    saved = _modules_to_save(graph, config, matches)
+    # modules sharing a weight with a target follow its layer (plan/ties.py), or those the config ties (additions.py)
+    tied, tied_saved = config_ties(spec, model, graph, config, matches, saved)
+    tied.update(followers(graph, matches) if spec.follows_ties else {})
+    if tied:
         rewrites = [rw for rw in rewrites if rw.path not in tied]
         rewrites += [_rewrite(graph, fqn, config, spec, adapter_name, notes, leader) for fqn, leader in tied.items()]
-    else:
+    if not spec.follows_ties:
+        kept_tied = set(tied) | set(tied.values()) | set(tied_saved) | set(tied_saved.values())
+        replicated = tuple(f"{change['path']}." for change in structure)   # replicas share weights on purpose
         for fqn in matches:
-            tied = graph.nodes[fqn]["tied_with"]
-            if tied:
-                notes.append(f"{fqn} shares its weight with {', '.join(tied)}: the adapter applies to "
+            tied_with = [t for t in graph.nodes[fqn]["tied_with"] if t not in kept_tied
+                         and not (fqn.startswith(replicated) and t.startswith(replicated))]
+            if tied_with and fqn not in kept_tied:
+                notes.append(f"{fqn} shares its weight with {', '.join(tied_with)}: the adapter applies to "
                              f"{fqn} only, so merging will split the tie")
-    saved = _modules_to_save(graph, config, matches)
+    if targets:   # after the modules, as PEFT (a module rewrite may settle config fields first)
+        rewrites += parameter_rewrites(graph, config, spec, adapter_name, notes, matches, targets)
+    notes += [n for n in routing_notes(graph, matches, [(t.path, t.key) for t in targets]) if n not in notes]
+    saved = with_tied_copies(graph, [m for m in saved if m.path not in tied], tied_saved)
+    auxiliaries = auxiliary_wraps(spec, model, graph, config, adapter_name, rewrites, saved, notes)
     _resolve_targets(config, rule, graph, matches)
     for note in notes:
         logger.warning(note)
     p = Plan(adapter_name=adapter_name, peft_type=config.peft_type.value,
              task_type=config.task_type.value if config.task_type else None, rewrites=rewrites,
              modules_to_save=saved, trainable_bias_params=_bias_params(model, config, matches, saved),
-             base_params=count_params(model, graph), config=config.to_dict(), rules=rule.describe(),
-             warnings=notes, columns=[list(c) for c in spec.columns], flags=[list(f) for f in spec.flags])
+             base_params=count_params(model, graph), config=config.to_dict(), rules=_rules_text(rule, parameter_names),
+             warnings=notes, columns=[list(c) for c in spec.columns], flags=[list(f) for f in spec.flags],
+             structure=structure, auxiliaries=auxiliaries)
     p.memory = memory_figures(model, p.added_params)
     return p, config
+
+
+def _rules_text(rule, parameter_names) -> str:
+    """The compiled rule in words, with the parameter targets when there are some."""
+    described = rule.describe()
+    parts = [described] if described.strip() not in ("", "names") else []   # target_modules=[] names nothing
+    return "; ".join(parts + ([f"parameters {', '.join(parameter_names)}"] if parameter_names else []))
 
 
 def count_params(model: nn.Module, graph=None) -> int:
@@ -110,6 +141,8 @@ def _fill_default_targets(config, model, spec) -> None:
         return
     model_type = getattr(getattr(model, "config", None), "model_type", None)
     if model_type not in spec.default_targets:
+        if getattr(config, "target_parameters", None):   # parameters alone are a target (PEFT)
+            return
         raise ConfigError(f"Please specify `target_modules` in `peft_config`: it is not set and there is no "
                           f"{config.peft_type.value} default for model_type {model_type!r}; give names, a regex, "
                           f"or 'all-linear'")

@@ -25,24 +25,38 @@ def render(plan, fmt: str = "table", summary: bool = False) -> str:
         raise ConfigError(f"format = {fmt!r} is not valid; valid: table, markdown, json")
     keys = [key for _, key in plan.columns]
     blank = ("",) * len(keys)
-    rows = [(r.path, r.base_type + (f" ({r.base_format})" if r.base_format else ""), "x".join(map(str, r.base_shape)),
+    rows = [(r.target, _type(r), "x".join(map(str, r.base_shape)),
              _method(r, plan.flags),
              *(_num(r.params.get(k, "")) for k in keys), f"{r.added_params:,d}") for r in plan.rewrites]
-    rows += [(m.path, m.base_type, "", "full copy (modules_to_save)", *blank, f"{m.params:,d}")
-             for m in plan.modules_to_save]
+    rows += [(m.path, m.base_type, "", f"shares {m.tied_to}'s copy (tied)" if getattr(m, "tied_to", None)
+              else "full copy (modules_to_save)", *blank, f"{m.params:,d}") for m in plan.modules_to_save]
+    rows += [(a.path, a.base_type, "", a.kind, *blank, f"{a.added_params:,d}") for a in plan.auxiliaries]
     rows += [(i.path, "injected", "x".join(map(str, i.shape)), i.kind, *blank, f"{i.params:,d}")
              for i in plan.injections]
     headers = ("module", "type", "shape", "method", *(header for header, _ in plan.columns), "added params")
     if summary:
         rows, headers = _grouped(rows), ("modules", "count", "layers") + headers[1:-1] + ("added each", "added")
     lines = [f"plan for adapter {plan.adapter_name!r}: {plan.peft_type}"
-             + (f" ({plan.task_type})" if plan.task_type else "") + f", {len(plan.rewrites)} modules",
+             + (f" ({plan.task_type})" if plan.task_type else "") + _counted(plan.rewrites),
+             *[f"structure: {change.get('description', change)}" for change in plan.structure],
              f"rule: {plan.rules}" if plan.rules else "",
              tabulate(rows, headers=headers, tablefmt=FORMATS[fmt], disable_numparse=True)]
     lines += [f"warning: {w}" for w in plan.warnings]
     lines += memory_lines(plan.memory)
     lines.append(plan.totals_line())
     return "\n".join(line for line in lines if line)
+
+
+def _type(rewrite) -> str:
+    """The base module's type; for a parameter target (path "module.param") the parameter of that type."""
+    if rewrite.parameter:
+        return f"Parameter of {rewrite.base_type}"
+    return rewrite.base_type + (f" ({rewrite.base_format})" if rewrite.base_format else "")
+
+
+def _counted(rewrites) -> str:
+    parameters = sum(1 for r in rewrites if r.parameter)
+    return f", {len(rewrites) - parameters} modules" + (f", {parameters} parameters" if parameters else "")
 
 
 def _method(rewrite, flags) -> str:

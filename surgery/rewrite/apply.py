@@ -14,7 +14,9 @@ from torch import nn
 from ..errors import PlanError
 from ..methods.registry import get_method
 from ..plan.model import Plan
+from ..plan.parameters import parameter_layer
 from ..plan.ties import TIED_TO
+from .auxiliary import build_auxiliaries
 from .modules_to_save import ModulesToSaveWrapper
 from .trainable import mark_trainable
 
@@ -32,6 +34,10 @@ def parent_and_attr(model: nn.Module, path: str) -> tuple[nn.Module, str]:
     return parent, attr
 
 
+def _module_at(root: nn.Module, path: str) -> nn.Module:
+    return _child(*parent_and_attr(root, path))
+
+
 def _child(parent: nn.Module, attr: str) -> nn.Module:
     child = parent._modules.get(attr)
     return child if child is not None else parent.get_submodule(attr)
@@ -46,9 +52,11 @@ def apply_plan(model: nn.Module, plan: Plan, config, active: Optional[list[str]]
     """
     spec = get_method(plan.peft_type)
     name = plan.adapter_name
-    built: list[tuple[nn.Module, str, nn.Module]] = []   # (parent, attr, new layer)
+    built: list[tuple[nn.Module, str, nn.Module, str]] = []   # (parent, attr, new layer, path)
     extended: list[nn.Module] = []                        # existing adapter layers given one more adapter
     shared = None
+    # a structural change (spec.restructure) is built on a view of the changed model; the model changes last
+    root = spec.restructure.view(model, plan.structure[0]) if plan.structure else model
     try:
         extra = {}
         if spec.shared_state is not None:   # kept on the tuner; layers get its live holders (see TunerModel)
@@ -59,25 +67,31 @@ def apply_plan(model: nn.Module, plan: Plan, config, active: Optional[list[str]]
             extra["shared"] = holder.add_shared_state(name, shared)
         layers: dict[str, nn.Module] = {}   # path -> its layer: a tie follower gets its leader's (plan/ties.py)
         for rw in plan.rewrites:
-            parent, attr = parent_and_attr(model, rw.path)
-            module = _child(parent, attr)
+            parent, attr = parent_and_attr(root, rw.path)
+            # parameter layers of one module stack: a later one wraps the layer built before it (plan/parameters.py)
+            module = layers[rw.path] if rw.parameter and rw.path in layers else _child(parent, attr)
             params = rw.params if TIED_TO not in rw.params else {**rw.params, TIED_TO: layers[rw.params[TIED_TO]]}
             if rw.action == "add":
-                module.update_layer(name, config, **params, **extra)
-                extended.append(module)
+                target = parameter_layer(module, rw.parameter) if rw.parameter else module
+                target.update_layer(name, config, **params, **extra)
+                extended.append(target)
                 layers[rw.path] = module
                 continue
-            layer = spec.layer_class(rw.layer_class)(module)
+            cls = spec.layer_class(rw.layer_class)
+            layer = cls(module, parameter_name=rw.parameter) if rw.parameter else cls(module)
             layer.__dict__["_surgery_fqn"] = rw.path
             layer.update_layer(name, config, **params, **extra)
-            built.append((parent, attr, layer))
+            built.append((parent, attr, layer, rw.path))
             layers[rw.path] = layer
-        saved = []
+        saved, copies = [], {}   # copies: path -> its wrapper, for the copies tied to it (SavedModule.tied_to)
         for entry in plan.modules_to_save:
-            module = model.get_submodule(entry.path)
+            module = root.get_submodule(entry.path)
             wrapper = module if isinstance(module, ModulesToSaveWrapper) else ModulesToSaveWrapper(module)
-            wrapper.update(name, trainable=not config.inference_mode)
-            saved.append((*parent_and_attr(model, entry.path), wrapper, module))
+            wrapper.update(name, trainable=not config.inference_mode,
+                           tied_to=copies[entry.tied_to] if getattr(entry, "tied_to", None) else None)
+            copies[entry.path] = wrapper
+            saved.append((*parent_and_attr(root, entry.path), wrapper, module, entry.path))
+        wrapped = build_auxiliaries(root, plan, spec, config, extended, _module_at)
     except Exception as exc:
         for layer in extended:
             if name in layer.adapter_names():
@@ -87,12 +101,16 @@ def apply_plan(model: nn.Module, plan: Plan, config, active: Optional[list[str]]
         if isinstance(exc, PlanError):
             raise
         raise PlanError(f"applying the plan failed before the model was changed: {exc}") from exc
-    # Nothing below can fail on valid input: swap the new layers in.
-    for parent, attr, layer in built:
-        setattr(parent, attr, layer)
-    for parent, attr, wrapper, original in saved:
+    # Nothing below can fail on valid input: swap the new layers in (stacked ones in order: the outermost last).
+    if plan.structure:   # the model takes the view's structure; parents are then found again on the model itself
+        spec.restructure.install(model, root, plan.structure[0])
+    for parent, attr, layer, path in built:
+        setattr(*(parent_and_attr(model, path) if plan.structure else (parent, attr)), layer)
+    for parent, attr, wrapper, original, path in saved:
         if wrapper is not original:
-            setattr(parent, attr, wrapper)
+            setattr(*(parent_and_attr(model, path) if plan.structure else (parent, attr)), wrapper)
+    for path, wrapper in wrapped:
+        setattr(*parent_and_attr(model, path), wrapper)
     mark_trainable(model, config, active or [name], [rw.path for rw in plan.rewrites])
     plan.applied = True
     return plan

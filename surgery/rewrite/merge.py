@@ -37,6 +37,7 @@ def merge_adapters(model: nn.Module, adapter_names: Optional[list[str]] = None, 
     done = []
     layers = [layer for _, layer in adapter_layers(model) if not isinstance(layer, ModulesToSaveWrapper)]
     _warn_already_merged(layers, adapter_names)
+    _refuse_before_merging(layers, adapter_names)
     if safe_merge:
         for layer in _progress(layers, progress, "checking the merge"):
             if hasattr(layer, "check_merge"):
@@ -56,6 +57,17 @@ def merge_adapters(model: nn.Module, adapter_names: Optional[list[str]] = None, 
                 if keep:
                     layer.merge(adapter_names=keep)
         raise
+
+
+def _refuse_before_merging(layers, adapter_names) -> None:
+    """A layer that cannot merge at all says so (merge_refusal) before any layer is written."""
+    for layer in layers:
+        refusal = getattr(layer, "merge_refusal", None)
+        wanted = adapter_names if adapter_names is not None else layer.active_adapters
+        if refusal is not None and any(n in layer.adapter_names() and n not in layer.merged_adapters for n in wanted):
+            error = refusal()
+            if error is not None:
+                raise error
 
 
 def _warn_requantized(layers) -> None:
@@ -94,8 +106,15 @@ def unload(model: nn.Module, merge: bool, safe_merge: bool = False,
 
 
 def unwrap(model: nn.Module, fqn: str, layer: nn.Module) -> None:
-    """Put the module an adapter layer wraps back in its place (a modules_to_save wrapper: its active copy)."""
-    parent, attr = parent_and_attr(model, fqn)
+    """Put the module an adapter layer wraps back in its place (a modules_to_save wrapper: its active copy).
+    A layer no longer in place was taken out with the layer stacked around it (one per adapted parameter of a
+    module: the outer one's unwrap puts the original module back): nothing to do."""
+    try:
+        parent, attr = parent_and_attr(model, fqn)
+    except AttributeError:
+        return
+    if parent._modules.get(attr) is not layer:
+        return
     replacement = layer.unwrapped() if isinstance(layer, ModulesToSaveWrapper) else layer.get_base_layer()
     setattr(parent, attr, replacement)
 

@@ -17,12 +17,13 @@ from ..naming import names_for_rows
 
 def check_one_copy_each(layers, names: list[str]) -> None:
     """Refuse activating two adapters that both hold a copy of one module: a trained copy replaces the module,
-    so two copies cannot both run (PEFT's rule and first words)."""
+    so two copies cannot both run (PEFT's rule and first words). Wrappers whose class sets `one_active_adapter`
+    (this one, and others such as trained embedding rows) are held to the same rule."""
     for fqn, layer in layers:
-        holding = [n for n in names if getattr(layer, "_surgery_modules_to_save", False) and
-                   n in layer.modules_to_save]
+        holding = [n for n in names if getattr(type(layer), "one_active_adapter", False) and
+                   n in layer.adapter_names()]
         if len(holding) > 1:
-            raise AdapterNameError(f"Only one adapter can be set at a time for ModulesToSaveWrapper at {fqn!r}, "
+            raise AdapterNameError(f"Only one adapter can be set at a time for {type(layer).__name__} at {fqn!r}, "
                                    f"got {len(holding)} ({holding}): a trained copy replaces the module, so two "
                                    f"copies cannot both run; activate one of them")
 
@@ -30,6 +31,7 @@ def check_one_copy_each(layers, names: list[str]) -> None:
 class ModulesToSaveWrapper(nn.Module):
     _surgery_adapter_layer = True
     _surgery_modules_to_save = True
+    one_active_adapter = True   # check_one_copy_each
     adapter_layer_names = ("modules_to_save",)   # PEFT's attribute: where the per-adapter copies live
     other_param_names: tuple = ()
 
@@ -71,8 +73,14 @@ class ModulesToSaveWrapper(nn.Module):
         """PEFT's attribute: the adapters holding a copy here."""
         return set(self.modules_to_save.keys())
 
-    def update(self, adapter_name: str, trainable: bool = True) -> None:
-        self.modules_to_save[adapter_name] = copy.deepcopy(self.original_module)
+    def update(self, adapter_name: str, trainable: bool = True, tied_to: "ModulesToSaveWrapper" = None) -> None:
+        """A trainable copy for `adapter_name`. tied_to: a wrapper whose original shares parameters with this one's
+        (a tied head): the copy shares that wrapper's copy of them, so the tie holds in training and merging."""
+        memo = {}
+        if tied_to is not None:
+            theirs = dict(tied_to.modules_to_save[adapter_name].named_parameters())
+            memo = {id(p): theirs[n] for n, p in tied_to.original_module.named_parameters() if n in theirs}
+        self.modules_to_save[adapter_name] = copy.deepcopy(self.original_module, memo)
         self.modules_to_save[adapter_name].requires_grad_(trainable)
         self.original_module.requires_grad_(False)
 

@@ -124,3 +124,34 @@ def test_push_to_hub_offline_is_refused_before_uploading(tmp_path, monkeypatch):
     model, _ = _saved(tmp_path)
     with pytest.raises(Exception, match="(?i)offline"):
         model.push_to_hub("me/repo")
+
+
+def test_hostile_files_through_the_new_loaders(tmp_path):
+    """load_peft_weights, AutoPeftModel and hotswap read files with the same guarded readers: a pickle payload
+    never runs, a truncated file is an error naming it."""
+    import os
+    import pickle
+
+    _, out = _saved(tmp_path)
+    os.remove(out / "adapter_model.safetensors")
+    marker = tmp_path / "pwned"
+
+    class Payload:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    with open(out / "adapter_model.bin", "wb") as handle:
+        pickle.dump({"x": Payload()}, handle)
+    with pytest.raises(CheckpointError, match="weights_only"):
+        surgery.load_peft_weights(str(out), device="cpu")
+    model = surgery.get_peft_model(tiny_models.tiny_llama(), surgery.LoraConfig(r=4, target_modules=["q_proj"]))
+    with pytest.raises(CheckpointError, match="weights_only"):
+        surgery.hotswap_adapter(model, str(out), adapter_name="default")
+    assert not marker.exists()
+    _, good = _saved(tmp_path, name="good")
+    data = (good / "adapter_model.safetensors").read_bytes()
+    (good / "adapter_model.safetensors").write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="truncated or corrupted"):
+        surgery.load_peft_weights(str(good), device="cpu")
+    with pytest.raises(CheckpointError, match="truncated or corrupted"):
+        surgery.hotswap_adapter(model, str(good), adapter_name="default")

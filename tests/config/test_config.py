@@ -139,6 +139,8 @@ def test_unknown_key_is_refused_with_the_closest_key(key, suggestion):
     ("target_modules", 5), ("target_modules", ["q", 3]), ("bias", 1), ("use_dora", "yes"),
     ("layers_to_transform", "1"), ("layers_to_transform", [True]), ("rank_pattern", {"q": "2"}),
     ("rank_pattern", {"q": 2.5}), ("modules_to_save", "classifier"), ("init_lora_weights", "kaiming"),
+    ("init_lora_weights", "pissa_niter_x"), ("init_lora_weights", "pissa_niter_"), ("init_lora_weights", 1),
+    ("loftq_config", 4), ("loftq_config", "nf4"),
     ("inference_mode", 1), ("fan_in_fan_out", "False"),
 ])
 def test_wrong_type_is_refused_naming_key_and_value(key, value):
@@ -211,10 +213,10 @@ def test_unsupported_peft_options_are_fields_at_default_and_refused_by_name():
 
 
 def test_inert_peft_keys_accepted_at_default_refused_otherwise():
-    cfg = surgery.LoraConfig.from_dict({"r": 4, "loftq_config": {}, "layer_replication": None, "use_qalora": False})
+    cfg = surgery.LoraConfig.from_dict({"r": 4, "loftq_config": {}, "use_bdlora": None, "use_qalora": False})
     assert cfg.r == 4 and cfg.to_dict()["loftq_config"] == {}
-    with pytest.raises(ConfigError, match="layer_replication"):
-        surgery.LoraConfig.from_dict({"layer_replication": [[0, 2]]})
+    with pytest.raises(ConfigError, match="alora_invocation_tokens"):
+        surgery.LoraConfig.from_dict({"alora_invocation_tokens": [1, 2]})
 
 
 def test_lenient_from_dict_drops_unknown_keys_with_one_warning_in_peft_words():

@@ -89,3 +89,29 @@ def test_check_if_peft_model(tmp_path):
         str(tmp_path / "adapter")) is True
     assert helpers.check_if_peft_model(str(tmp_path / "base")) is False
     assert helpers.check_if_peft_model("nobody/nothing-here") is False
+
+
+def test_dora_caching_never_serves_a_stale_norm():
+    """Cached in eval mode, dropped in training; a change of A, B, the base weight or the scaling recomputes."""
+    model = surgery.get_peft_model(tiny_models.tiny_llama(), surgery.LoraConfig(
+        r=4, target_modules=["q_proj", "embed_tokens"], use_dora=True, init_lora_weights=False)).eval()
+    ids = tiny_models.token_batch()
+    layer = model.base_model.model.model.layers[0].self_attn.q_proj
+    magnitude = layer.lora_magnitude_vector["default"]
+    uncached = _logits(model, ids)
+    with helpers.DoraCaching():
+        torch.testing.assert_close(_logits(model, ids), uncached, atol=0, rtol=0)
+        assert magnitude._dora_cache
+        with torch.no_grad():
+            layer.lora_A["default"].weight.mul_(2.0)
+        changed = _logits(model, ids)
+    helpers.DoraCaching()(enabled=False)
+    torch.testing.assert_close(changed, _logits(model, ids), atol=0, rtol=0)   # recomputed, not stale
+    assert not torch.allclose(changed, uncached)
+    assert not magnitude._dora_cache
+    with helpers.DoraCaching():
+        _logits(model, ids)
+        model.train()
+        assert not magnitude._dora_cache
+        model(ids)
+        assert not magnitude._dora_cache   # training never caches

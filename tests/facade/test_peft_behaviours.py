@@ -117,7 +117,9 @@ def test_every_adapter_layer_exposes_in_and_out_features_as_peft():
 def test_tuner_flags_and_unsupported_inits_match_peft():
     for peft_type, tuner in surgery.PEFT_TYPE_TO_TUNER_MAPPING.items():
         assert tuner.uses_shared_state == peft.PEFT_TYPE_TO_TUNER_MAPPING[peft_type].uses_shared_state, peft_type
-    for init in ("pissa", "pissa_niter_4", "olora", "mica"):
+    for init in ("pissa", "pissa_niter_4", "olora", "orthogonal"):   # implemented (tests/methods/lora)
+        assert surgery.LoraConfig(init_lora_weights=init).init_lora_weights == init
+    for init in ("mica", "lora_ga"):   # "eva": implemented (tests/methods/lora/test_eva.py)
         peft.LoraConfig(init_lora_weights=init)   # PEFT accepts it; surgery names what it supports instead
         with pytest.raises(surgery.errors.UnsupportedOptionError, match="supported: True, False, 'gaussian'"):
             surgery.LoraConfig(init_lora_weights=init)

@@ -13,6 +13,7 @@ from typing import Optional
 from torch import nn
 
 from ...config.enums import PeftType
+from ...errors import UnsupportedLayerError
 from ...graph.kinds import in_out_features
 from ..fan_in_fan_out import settle_fan_in_fan_out
 from ..default_targets import LORA_FAMILY
@@ -46,7 +47,9 @@ def _linear_refuses(base: nn.Module, config, fqn: str) -> Optional[str]:
 def _conv_refuses(base: nn.Module, config, fqn: str) -> Optional[str]:
     where = f"target module {fqn!r} (Conv2d)"
     if base.groups != 1:
-        return f"{where} is a grouped convolution (groups={base.groups}); BOFT supports groups=1 only"
+        return UnsupportedLayerError(f"BOFT does not support Conv2d layers with groups > 1 ({where} has groups="
+                                     f"{base.groups}): its rotation spans in_channels * k * k, which a grouped "
+                                     f"weight does not have; exclude the module or use LoRA")
     # PEFT flattens the kernel as k*k and convolves with stride[0]/padding[0] and no dilation: anything else
     # would train a different layer than the one merge_and_unload writes, so it is refused
     geometry = {"kernel_size": base.kernel_size, "stride": base.stride, "padding": base.padding}

@@ -10,6 +10,9 @@ from .layer import IA3Layer
 
 
 class Conv(IA3Layer):
+    def _get_name(self) -> str:   # printed (and get_layer_status's module_type) as PEFT's per-dimension class
+        return f"Conv{self.get_base_layer().weight.dim() - 2}d"
+
     def vector_shape(self) -> tuple[int, ...]:
         channels = self.in_features if self.is_feedforward else self.out_features
         return (1, channels) + (1,) * (self.get_base_layer().weight.dim() - 2)

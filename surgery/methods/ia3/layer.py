@@ -26,6 +26,7 @@ _UNMERGE_EPS = 1e-8   # PEFT divides by (l + 1e-8) to unmerge
 
 class IA3Layer(AdapterLayer):
     adapter_layer_names = ("ia3_l",)
+    repr_with_method = False   # PEFT prints its IA3 layers bare ("Linear("), its bitsandbytes ones as "ia3."
 
     def __init__(self, base_layer: nn.Module):
         super().__init__(base_layer)

@@ -19,6 +19,8 @@ class _TrainsOnQuantizedBase:
     """Training forwards on the weight layout bitsandbytes can differentiate (an eval pass may have repacked
     it); merges go through IA3Layer's, on the dequantized weight."""
 
+    repr_with_method = True   # PEFT prints these as "ia3.Linear4bit("
+
     def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
         if self.training:
             ready_for_training(self.get_base_layer())

@@ -32,6 +32,9 @@ class GroupedConvMergeError(MergeError, NotImplementedError):
 
 
 class Conv(LoraLayer):
+    def _get_name(self) -> str:   # printed (and get_layer_status's module_type) as PEFT's per-dimension class
+        return f"Conv{self.get_base_layer().weight.dim() - 2}d"
+
     def in_out_features(self) -> tuple[int, int]:
         base = self.get_base_layer()
         return base.in_channels, base.out_channels

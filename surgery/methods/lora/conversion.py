@@ -44,8 +44,9 @@ def lora_factors(layer: nn.Module, rank: Union[int, float], adapter_name: str = 
     U, S, Vh = torch.linalg.svd(delta.float(), full_matrices=False)   # no SVD in half precision
     k = rank if isinstance(rank, int) else energy_rank(S, rank)
     if k > U.shape[1]:
-        raise ConfigError(f"convert_to_lora: rank={k} is larger than the weight allows ({U.shape[1]}) at "
-                          f"{getattr(layer, '_surgery_fqn', type(layer).__name__)}; choose rank <= {U.shape[1]}")
+        raise ConfigError(f"The chosen rank {k} is larger than the weight shape ({U.shape[1]}), please choose a "
+                          f"lower rank (convert_to_lora at "
+                          f"{getattr(layer, '_surgery_fqn', type(layer).__name__)}; choose rank <= {U.shape[1]})")
     B, A = (U[:, :k] * S[:k]).to(dtype), Vh[:k].to(dtype)
     if is_conv1d(layer.get_base_layer()):   # the delta is in Conv1D's (in, out) layout
         return B.T.contiguous(), A.T.contiguous(), k

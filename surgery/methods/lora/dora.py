@@ -18,6 +18,16 @@ from torch import nn
 from ...quantized import backend_of
 
 
+# PEFT's switch (helpers.DoraCaching): in eval mode, keep each layer's row norm n between forwards while the
+# base weight, A, B and the scaling are unchanged (checked by tensor versions, so a stale norm is never used)
+ENABLE_DORA_CACHING = False
+
+
+def _version_key(t) -> tuple:
+    # data_ptr + version, not id(): factors may be fresh views (a conv's flattened A, B) of the same storage
+    return (t.data_ptr(), t._version, tuple(t.shape)) if isinstance(t, torch.Tensor) else (t,)
+
+
 def _compute_dtype(t: torch.Tensor) -> torch.dtype:
     return torch.float32 if t.dtype in (torch.float16, torch.bfloat16) else t.dtype
 
@@ -31,6 +41,25 @@ class DoraMagnitude(nn.Module):
         self._row_sq_key = None
         self._row_sq = None
         self._merge_norm = None
+        self._dora_cache: dict = {}   # PEFT's attribute name: {"norm": (key, n)} while caching is on
+
+    def train(self, mode: bool = True):
+        self._dora_cache.clear()   # as PEFT: switching modes drops the cache
+        return super().train(mode)
+
+    def forward_norm(self, layer, name: str) -> torch.Tensor:
+        """n for a forward pass: cached in eval mode when DoRA caching is enabled, computed otherwise."""
+        if not ENABLE_DORA_CACHING or self.training:
+            self._dora_cache.clear()
+            return self.row_norm(layer, name, layer.dense_base_weight())
+        factors = layer.dora_factors(name)
+        if factors is None:   # a grouped conv's delta: no factors to key the cache on
+            return self.row_norm(layer, name, layer.dense_base_weight())
+        key = tuple(_version_key(t) for t in (layer.get_base_layer().weight, *factors, layer.scaling[name]))
+        hit = self._dora_cache.get("norm")
+        if hit is None or hit[0] != key:
+            hit = self._dora_cache["norm"] = (key, self.row_norm(layer, name, layer.dense_base_weight()))
+        return hit[1]
 
     @classmethod
     def for_layer(cls, layer, name: str) -> "DoraMagnitude":
@@ -81,14 +110,16 @@ class DoraMagnitude(nn.Module):
         if dropping:
             x = dropout(x)
         lora = layer.lora_path(x, name)
-        norm = self.row_norm(layer, name, layer.dense_base_weight())
+        norm = self.forward_norm(layer, name)
         scale = (self.weight / norm.view(self.weight.shape)).to(lora.dtype)
         if dropping:
             return result + (scale - 1) * layer.base_without_bias(x) + scale * (lora * s)
         if lora.dtype in (torch.float16, torch.bfloat16):   # every op rounds: PEFT's order, for its values
             base_result = result if bias is None else result - bias
             return result + (scale - 1) * base_result + scale * (lora * s)
-        adapted = torch.add(result if bias is None else result - bias, lora, alpha=s)   # W x + s B A x
+        base = result if bias is None else result - bias
+        # W x + s B A x; a tensor s (hot-swap: read by a compiled graph) multiplies, add's alpha needs a number
+        adapted = base + lora * s if isinstance(s, torch.Tensor) else torch.add(base, lora, alpha=s)
         return adapted * scale if bias is None else torch.addcmul(bias, adapted, scale)
 
     def _factor(self, layer) -> torch.Tensor:

@@ -92,9 +92,11 @@ def fusable(layer, x: torch.Tensor) -> Optional[Factors]:
     mixed = A.dtype != x.dtype
     if mixed and not (A.dtype == torch.float32 and x.dtype in (torch.bfloat16, torch.float16)):
         return None
+    scaling = state["scaling"][name]
+    if isinstance(scaling, torch.Tensor):   # hot-swappable (a tensor a compiled graph reads): the generic path
+        return None
     weight = base_weight.T if state["fan_in_fan_out"] else base_weight
-    return Factors(name, weight, base._parameters.get("bias"), A, B, float(state["scaling"][name]), dropout,
-                   use_dora, mixed)
+    return Factors(name, weight, base._parameters.get("bias"), A, B, float(scaling), dropout, use_dora, mixed)
 
 
 def fused_forward(layer, x: torch.Tensor) -> Optional[torch.Tensor]:

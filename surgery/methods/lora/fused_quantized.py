@@ -27,8 +27,8 @@ def fused_quantized_forward(layer, x: torch.Tensor) -> Optional[torch.Tensor]:
     """The layer's training output through one fused node, or None where the generic path must run."""
     name = training_adapter(layer)
     state = layer.__dict__
-    if name is None or state["use_dora"][name]:
-        return None
+    if name is None or state["use_dora"][name] or isinstance(state["scaling"][name], torch.Tensor):
+        return None   # DoRA, or a hot-swappable tensor scaling: the generic path
     base = layer._modules["base_layer"]
     backend = backend_of(base)
     if backend is None or base._forward_hooks or base._forward_pre_hooks or "forward" in base.__dict__:

@@ -21,8 +21,10 @@ from ...errors import MergeError
 from ...graph.kinds import in_out_features, is_conv1d
 from ..base_layer import AdapterLayer, lazy_container
 from .dora import DoraMagnitude
-from .init import init_linear_like
+from .init import init_from_base, init_linear_like
 from .mixed import mixed_adapter_output
+from .replication import replica_merge_refusal
+from .tied_factors import merges_through_leader, tie_factors
 
 
 _NO_DROPOUT = nn.Identity()  # stateless: one instance serves every adapter without dropout
@@ -72,9 +74,10 @@ class LoraLayer(AdapterLayer):
 
     # -- adding an adapter -----------------------------------------------------------------------------
     def update_layer(self, adapter_name: str, config, r: int, lora_alpha: float, scaling: Optional[float] = None,
-                     use_dora: Optional[bool] = None) -> None:
+                     use_dora: Optional[bool] = None, tied_to: Optional[nn.Module] = None) -> None:
         """Add (or replace) adapter `adapter_name` with rank r on this layer, as the plan says (scaling and
-        use_dora default to what the config gives: alpha / r or alpha / sqrt(r), config.use_dora)."""
+        use_dora default to what the config gives: alpha / r or alpha / sqrt(r), config.use_dora). tied_to: the
+        embedding layer whose factors this one shares (ensure_weight_tying, tied_factors.py)."""
         self.r[adapter_name] = r
         self.lora_alpha[adapter_name] = lora_alpha
         if scaling is None:
@@ -83,6 +86,8 @@ class LoraLayer(AdapterLayer):
         dropout = nn.Dropout(p=config.lora_dropout) if config.lora_dropout > 0 else _NO_DROPOUT
         self.lora_dropout._modules[adapter_name] = dropout  # the name was validated by the planner
         self._new_factors(adapter_name, r, config)
+        if tied_to is not None:
+            tie_factors(self, tied_to, adapter_name, config)
         self.use_dora[adapter_name] = bool(config.use_dora if use_dora is None else use_dora)
         if self.use_dora[adapter_name]:
             self.lora_magnitude_vector[adapter_name] = DoraMagnitude.for_layer(self, adapter_name)
@@ -98,7 +103,8 @@ class LoraLayer(AdapterLayer):
             if config.init_lora_weights is False:  # the no-op init keeps torch's default Linear init
                 lora_A.reset_parameters()
                 lora_B.reset_parameters()
-            init_linear_like(config.init_lora_weights, lora_A, lora_B, r)
+            if not init_from_base(self, adapter_name, config):   # pissa, olora, ...: from the base weight (init.py)
+                init_linear_like(config.init_lora_weights, lora_A, lora_B, r)
 
     def in_out_features(self) -> tuple[int, int]:
         sizes = in_out_features(self.get_base_layer())   # not the weight's shape: a 4-bit weight is packed
@@ -129,7 +135,7 @@ class LoraLayer(AdapterLayer):
 
     def _adapter_output(self, x: torch.Tensor, name: str, result: torch.Tensor) -> torch.Tensor:
         lora_A = self.lora_A[name]
-        x = x.to(lora_A.weight.dtype)
+        x = self._cast_input_dtype(x, lora_A.weight.dtype)
         if self.use_dora[name]:
             return self.lora_magnitude_vector[name].apply(self, x, name, result)
         return result + self.lora_B[name](lora_A(self.lora_dropout[name](x))) * self.scaling[name]
@@ -172,7 +178,7 @@ class LoraLayer(AdapterLayer):
     # -- merge -----------------------------------------------------------------------------------------
     def merge_refusal(self) -> Optional[MergeError]:
         """Why this layer cannot be merged at all (None: it can); conv overrides for grouped convolutions."""
-        return None
+        return replica_merge_refusal(self)   # a base weight shared by replicated layers (layer_replication)
 
     def delta_weight(self, name: str) -> torch.Tensor:
         """s * B @ A in the base weight's layout (transposed when fan_in_fan_out)."""
@@ -260,6 +266,9 @@ class LoraLayer(AdapterLayer):
             raise refusal
         base = self.get_base_layer()
         for name in names:
+            if merges_through_leader(self, name):   # a tied adapter: its leader's merge holds it (tied_factors.py)
+                self.merged_adapters.append(name)
+                continue
             with torch.no_grad():
                 weight = self.dense_base_weight()
                 if safe_merge:
@@ -278,6 +287,8 @@ class LoraLayer(AdapterLayer):
         base = self.get_base_layer()
         while self.merged_adapters:
             name = self.merged_adapters.pop()
+            if merges_through_leader(self, name):
+                continue
             with torch.no_grad():
                 self.store_base_weight(self._merged_weight(self.dense_base_weight(), name, -1))
                 self._merge_bias(base, name, -1)

@@ -28,7 +28,7 @@ class Linear(LoraLayer):
     def add_delta_(self, weight: torch.Tensor, name: str, sign: int, round_first: bool = False) -> torch.Tensor:
         A = self.lora_A[name].weight
         B = self.lora_B[name].weight
-        alpha = sign * self.scaling[name]
+        alpha = sign * float(self.scaling[name])   # addmm_'s alpha is a number (a hot-swap scaling: a tensor)
         left, right = (A.T, B.T) if self.fan_in_fan_out else (B, A)
         if A.dtype == B.dtype == weight.dtype:
             # addmm_ folds s * B @ A in without allocating the out x in delta.

@@ -17,9 +17,15 @@ from torch import nn
 from ...naming import names_for_rows
 
 
+def _scaling_key(s):
+    # a hot-swap scaling is a tensor filled in place: its version says when it changed
+    return (id(s), s._version) if isinstance(s, torch.Tensor) else s
+
+
 def _versions(layer, names) -> tuple:
     return tuple((layer.lora_A[n].weight._version, layer.lora_B[n].weight._version,
-                  layer.lora_A[n].weight.data_ptr(), layer.lora_B[n].weight.data_ptr()) for n in names)
+                  layer.lora_A[n].weight.data_ptr(), layer.lora_B[n].weight.data_ptr(),
+                  _scaling_key(layer.scaling[n])) for n in names)
 
 
 def _stacks(layer) -> tuple[list[str], torch.Tensor, torch.Tensor]:
@@ -28,13 +34,13 @@ def _stacks(layer) -> tuple[list[str], torch.Tensor, torch.Tensor]:
     cached = getattr(layer, "_mixed_cache", None)
     if cached is not None and cached[0] == key:
         return cached[1]
-    rank = max(layer.r[n] for n in names)
+    rank = max(layer.lora_A[n].weight.shape[0] for n in names)   # not r: hot-swap padding may exceed it
     A0, B0 = layer.lora_A[names[0]].weight, layer.lora_B[names[0]].weight
     A = A0.new_zeros(len(names) + 1, rank, A0.shape[1])
     B = B0.new_zeros(len(names) + 1, B0.shape[0], rank)
     with torch.no_grad():
         for slot, n in enumerate(names, start=1):
-            r = layer.r[n]
+            r = layer.lora_A[n].weight.shape[0]
             A[slot, :r] = layer.lora_A[n].weight
             B[slot, :, :r] = layer.lora_B[n].weight * layer.scaling[n]
     value = (names, A, B)

@@ -4,6 +4,7 @@ from __future__ import annotations
 from typing import Optional
 
 from ...facade.tuner import TunerModel
+from .init_options import warn_if_mixed_with_a_rewritten_base
 from .weighted import add_weighted_adapter as _add_weighted_adapter
 
 
@@ -11,6 +12,12 @@ class LoraModel(TunerModel):
     """Creates a Low Rank Adapter (LoRA) model from a pretrained transformers model (PEFT's LoraModel)."""
 
     prefix = "lora_"   # PEFT's parameter-name prefix for this method
+
+    def plan_adapter(self, adapter_name, config, strict=True, heads=None, checkpoint_shapes=None):
+        if checkpoint_shapes is not None:   # loading an adapter next to others: PEFT's load_adapter warning
+            warn_if_mixed_with_a_rewritten_base([config, *self.peft_config.values()])
+        return super().plan_adapter(adapter_name, config, strict=strict, heads=heads,
+                                    checkpoint_shapes=checkpoint_shapes)
 
     def add_weighted_adapter(self, adapters: list[str], weights: list[float], adapter_name: str,
                              combination_type: str = "svd", svd_rank: Optional[int] = None,

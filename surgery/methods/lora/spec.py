@@ -19,10 +19,15 @@ from .config import LoraConfig
 from .conversion import supports_lora_conversion
 from .conv import Conv
 from .embedding import Embedding
+from .init import plan_base_init
 from .linear import Linear
 from .mha import MultiheadAttention, added_params as _mha_added_params, refuses as _mha_refuses
 from .model import LoraModel
+from .options import AUXILIARY, RESTRUCTURE, TIED_MODULES, resolve_config, saves_targeted_embeddings
+from .moe_conversion import convert_moe_targets
+from .param_spec import PARAMETER_HANDLER
 from .quantized import QUANTIZED_HANDLERS
+from .weight_conversion import converted_for_initial_model
 
 DEFAULT_TARGETS = LORA_FAMILY   # PEFT's table for this method (methods/default_targets.py)
 
@@ -56,6 +61,7 @@ def rewrite_params(site: RewriteSite) -> dict:
     r = pattern_value(config.rank_pattern, site.fqn, config.r)
     alpha = pattern_value(config.alpha_pattern, site.fqn, config.lora_alpha)
     settle_fan_in_fan_out(site)
+    plan_base_init(site, r)   # pissa, olora, ...: refused where they cannot run, noted where they rewrite W
     if is_conv(site.base) and site.base.groups > 1:
         site.note(f"{site.fqn}: LoRA on a grouped convolution (groups={site.base.groups}) trains and runs, but "
                   f"cannot be merged (as in PEFT)")
@@ -71,6 +77,8 @@ def added_params(base: nn.Module, params: dict, config: LoraConfig) -> int:
     r = params["r"]
     in_f, out_f = in_out_features(base)
     if isinstance(base, nn.Embedding):
+        if params.get("tied_to"):   # an embedding tied to the input embedding holds its very factors (tied_factors.py)
+            return 0
         return r * (in_f + out_f) + (out_f if params["use_dora"] else 0)
     if is_conv(base):   # A: (r, in, *kernel); B: (out, r / groups, 1...)
         kernel = math.prod(weight_shape(base)[2:])
@@ -95,6 +103,12 @@ SPEC = MethodSpec(
     mixed_batch=True,
     collapsed_keys=("lora_magnitude_vector",),
     model_api={"supports_lora_conversion": supports_lora_conversion},
+    initial_model_conversion=converted_for_initial_model,
+    prepare_config=convert_moe_targets,   # PEFT's transformers-v5 MoE config conversion (moe_conversion.py)
+    parameter_handler=PARAMETER_HANDLER,   # target_parameters: LoRA on 2-D / 3-D nn.Parameters (param_wrapper.py)
+    # layer_replication, trainable_token_indices, ensure_weight_tying (options.py)
+    restructure=RESTRUCTURE, auxiliary=AUXILIARY, tied_modules=TIED_MODULES, resolve_config=resolve_config,
+    saves_targeted_embeddings=saves_targeted_embeddings,
     checkpoint_rank=lambda tensors: next((t.shape[0] for k, t in tensors.items()
                                           if k in ("lora_A", "lora_embedding_A")), ""),
 )

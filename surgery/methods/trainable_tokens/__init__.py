@@ -15,6 +15,7 @@ separately: same outputs and gradients, no vocabulary-sized copy per step), and 
 
     config.py  TrainableTokensConfig     layer.py  TrainableTokensLayer (rows, ties, merge)
     spec.py    the registry entry        rows.py   the forward shortcut      model.py  TrainableTokensModel
+    wrapper.py TrainableTokensWrapper: these rows beside another method's adapter (LoRA's trainable_token_indices)
 """
 from .config import TrainableTokensConfig
 from .model import TrainableTokensModel

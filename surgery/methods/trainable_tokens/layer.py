@@ -44,8 +44,15 @@ class OriginalRows(nn.Module):
     def keys(self):
         return self._buffers.keys()
 
+    def __iter__(self):
+        return iter(self._buffers)
+
+    def __len__(self) -> int:
+        return len(self._buffers)
+
 
 class TrainableTokensLayer(AdapterLayer):
+    repr_with_method = False   # PEFT prints it bare ("TrainableTokensLayer(")
     adapter_layer_names = ("trainable_tokens_delta", "trainable_tokens_original")
     other_param_names = ("token_indices",)
 
@@ -108,7 +115,10 @@ class TrainableTokensLayer(AdapterLayer):
     def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
         if self.runs_base_only():
             return self.base_layer(x, *args, **kwargs)
-        names = [n for n in self._active_adapters if n in self.token_indices]
+        return self.forward_with(x, [n for n in self._active_adapters if n in self.token_indices], *args, **kwargs)
+
+    def forward_with(self, x: torch.Tensor, names: list[str], *args, **kwargs) -> torch.Tensor:
+        """The output with these adapters' rows (none: the base layer's), whatever is active."""
         if not names:
             return self.base_layer(x, *args, **kwargs)
         if len(names) > 1:
@@ -128,21 +138,25 @@ class TrainableTokensLayer(AdapterLayer):
     def _swap(self, name: str, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         """(indices, slot) of adapter `name` on `device`, built once (a host-to-device copy per step otherwise)."""
         key = (name, device)
-        if key not in self._swaps:
-            indices = torch.tensor(self.token_indices[name], dtype=torch.long, device=device)
-            slot = torch.full((self.get_base_layer().weight.shape[0],), -1, dtype=torch.long, device=device)
-            slot[indices] = torch.arange(len(indices), device=device)
+        if key in self._swaps:
+            return self._swaps[key]
+        indices = torch.tensor(self.token_indices[name], dtype=torch.long, device=device)
+        slot = torch.full((self.get_base_layer().weight.shape[0],), -1, dtype=torch.long, device=device)
+        slot[indices] = torch.arange(len(indices), device=device)
+        if not torch.is_inference_mode_enabled():   # inference tensors cannot serve a later backward: not kept
             self._swaps[key] = (indices, slot)
-        return self._swaps[key]
+        return indices, slot
 
     def _refuse_overlap(self, names: list[str]) -> None:
         """Two adapters writing the same row would leave it undefined (PEFT refuses too)."""
         seen: dict[int, str] = {}
         for name in dict.fromkeys(self.merged_adapters + names):
             for index in self.token_indices[name]:
-                if index in seen and seen[index] != name:
-                    raise MergeError(f"adapters {seen[index]!r} and {name!r} both train token {index} of "
-                                     f"{self._layer_name()}; only adapters with disjoint token_indices combine")
+                if index in seen and seen[index] != name:   # PEFT's words first (code matches them)
+                    raise MergeError(f"Token indices of adapter {name} are already defined and would result in "
+                                     f"undefined merging behavior. Only disjunct token indices are currently "
+                                     f"supported. (adapters {seen[index]!r} and {name!r} both train token {index} "
+                                     f"of {self._layer_name()}; only adapters with disjoint token_indices combine)")
                 seen[index] = name
 
     # -- merge -----------------------------------------------------------------------------------------

@@ -56,7 +56,11 @@ def _check_against(config, name: str, other) -> None:
     for key in ("projection_prng_key", "save_projection", "r"):
         mine, theirs = getattr(config, key), getattr(other, key)
         if mine != theirs:
-            raise PlanError(f"VeraConfig.{key} = {mine!r} differs from adapter {name!r}'s {theirs!r}: the VeRA "
+            first = {"projection_prng_key": f"Vera PRNG initialisation key must be the same for all adapters. Got "
+                                            f"config.projection_prng_key={mine!r} but previous config had {theirs!r}. ",
+                     "save_projection": f"VeRA projection weights must be saved for all adapters or none, but got "
+                                        f"multiple different values: {sorted({mine, theirs})}. "}.get(key, "")
+            raise PlanError(f"{first}VeraConfig.{key} = {mine!r} differs from adapter {name!r}'s {theirs!r}: the VeRA "
                             f"adapters of one model share its vera_A/vera_B projections, so every adapter needs "
                             f"the same {key}; set {key}={theirs!r}")
 

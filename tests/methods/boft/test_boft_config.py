@@ -92,7 +92,7 @@ class _Convs(nn.Module):
 
 
 @pytest.mark.parametrize("conv_kwargs, message", [
-    (dict(groups=2), r"grouped convolution \(groups=2\)"),
+    (dict(groups=2), r"has groups=2"),
     (dict(dilation=2), r"dilation=\(2, 2\)"),
     (dict(kernel_size=(3, 1)), r"kernel_size=\(3, 1\)"),
     (dict(stride=(2, 1)), r"stride=\(2, 1\)"),

@@ -19,6 +19,7 @@ _LORA = {
     "Embedding": "surgery.methods.lora.embedding:Embedding",
     "LoraModel": "surgery:LoraModel",
     "LoraConfig": "surgery:LoraConfig",
+    "ParamWrapper": "surgery.methods.lora.param_wrapper:ParamWrapper",
 }
 
 MAPPED: dict[str, dict[str, str]] = {
@@ -29,7 +30,11 @@ MAPPED: dict[str, dict[str, str]] = {
         "LoraModel": "surgery:LoraModel",
         "TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING": "surgery.methods.default_targets:LORA_FAMILY",
     },
-    "peft.tuners.lora.config": {"LoraConfig": "surgery:LoraConfig"},
+    "peft.tuners.lora.config": {"LoraConfig": "surgery:LoraConfig", "LoftQConfig": "surgery:LoftQConfig",
+                                "CordaConfig": "surgery:CordaConfig", "EvaConfig": "surgery:EvaConfig"},
+    "peft.tuners.lora.corda": {"preprocess_corda": "surgery:preprocess_corda"},
+    "peft.tuners.lora.eva": {"get_eva_state_dict": "surgery:get_eva_state_dict",
+                             "initialize_lora_eva_weights": "surgery:initialize_lora_eva_weights"},
     "peft.tuners.tuners_utils": {
         "BaseTunerLayer": "surgery.methods.base_layer:AdapterLayer",
         "BaseTuner": "surgery.facade.tuner:TunerModel",
@@ -40,11 +45,14 @@ MAPPED: dict[str, dict[str, str]] = {
         "get_peft_config", "inject_adapter_in_model")},
     "peft.mapping_func": {"get_peft_model": "surgery:get_peft_model"},
     # PEFT's per-adapter buffer container; surgery's is the tuner's holder of per-adapter shared tensors
-    "peft.tuners._buffer_dict": {"BufferDict": "surgery.facade.tuner:SharedBuffers"},
+    "peft.tuners._buffer_dict": {"BufferDict": "surgery.facade.buffers:SharedBuffers"},
     "peft.utils": {
         "ModulesToSaveWrapper": "surgery.rewrite.modules_to_save:ModulesToSaveWrapper",
         # PEFT's base of its auxiliary wrappers; surgery's one auxiliary wrapper is the modules_to_save copy
         "AuxiliaryTrainingWrapper": "surgery.rewrite.modules_to_save:ModulesToSaveWrapper",
+        "TrainableTokensWrapper": "surgery.methods.trainable_tokens.wrapper:TrainableTokensWrapper",
+        "get_peft_model_state_dict": "surgery:get_peft_model_state_dict",
+        "set_peft_model_state_dict": "surgery:set_peft_model_state_dict",
         "INCLUDE_LINEAR_LAYERS_SHORTHAND": "peft._glue:INCLUDE_LINEAR_LAYERS_SHORTHAND",
         "_get_submodules": "peft._glue:get_submodules",
         "infer_device": "peft._glue:infer_device",
@@ -56,7 +64,11 @@ MAPPED: dict[str, dict[str, str]] = {
         "prepare_model_for_kbit_training": "surgery:prepare_model_for_kbit_training",
         "ModulesToSaveWrapper": "surgery.rewrite.modules_to_save:ModulesToSaveWrapper",
         "AuxiliaryTrainingWrapper": "surgery.rewrite.modules_to_save:ModulesToSaveWrapper",
+        "TrainableTokensWrapper": "surgery.methods.trainable_tokens.wrapper:TrainableTokensWrapper",
+        "_get_module_names_tied_with_embedding": "surgery.graph.embedding_ties:tied_with_input_embedding",
     },
+    "peft.tuners.trainable_tokens.layer": {
+        "TrainableTokensLayer": "surgery.methods.trainable_tokens.layer:TrainableTokensLayer"},
     "peft.utils.constants": {
         "DUMMY_MODEL_CONFIG": "peft._glue:DUMMY_MODEL_CONFIG",
     },
@@ -70,11 +82,28 @@ MAPPED: dict[str, dict[str, str]] = {
     },
     "peft.config": {"PeftConfig": "surgery:PeftConfig", "PromptLearningConfig": "surgery:PromptLearningConfig"},
     "peft.peft_model": {"PeftModel": "surgery:PeftModel"},
+    "peft.functional": {name: f"surgery.functional:{name}" for name in (
+        "cast_adapter_dtype", "delete_adapter", "get_peft_model_state_dict", "inject_adapter_in_model",
+        "set_adapter", "set_peft_model_state_dict", "set_requires_grad")},
+    "peft.optimizers": {"create_loraplus_optimizer": "surgery.optimizers:create_loraplus_optimizer"},
+    "peft.helpers": {name: f"surgery.helpers:{name}" for name in (
+        "DoraCaching", "check_if_peft_model", "disable_input_dtype_casting", "rescale_adapter_scale", "update_forward_signature",
+        "update_generate_signature", "update_signature")},
+    "peft.auto": {name: f"surgery:{name}" for name in (
+        "AutoPeftModel", "AutoPeftModelForCausalLM", "AutoPeftModelForFeatureExtraction",
+        "AutoPeftModelForQuestionAnswering", "AutoPeftModelForSeq2SeqLM", "AutoPeftModelForSequenceClassification",
+        "AutoPeftModelForTokenClassification")},
+    "peft.utils.save_and_load": {name: f"surgery:{name}" for name in (
+        "get_peft_model_state_dict", "set_peft_model_state_dict", "load_peft_weights")},
+    "peft.utils.hotswap": {name: f"surgery:{name}" for name in (
+        "hotswap_adapter", "hotswap_adapter_from_state_dict", "prepare_model_for_compiled_hotswap",
+        "check_hotswap_configs_compatible")},
 }
 
 # Attributes of a shim module that are its sub-modules (`from peft.tuners import lora`).
 SUBMODULES = {"tuners", "utils", "lora", "layer", "model", "config", "tuners_utils", "other", "constants",
-              "import_utils", "mapping", "peft_model", "variants", "hotswap", "quantization_utils"}
+              "import_utils", "mapping", "peft_model", "variants", "hotswap", "quantization_utils", "functional",
+              "optimizers", "helpers", "auto", "save_and_load"}
 
 
 def _load(target: str):
