@@ -157,6 +157,17 @@ class TunerModel(nn.Module):
         if low_cpu_mem_usage:   # as PEFT: the new adapter's tensors wait on the meta device for a state dict
             _adapter_to_meta(self.model, adapter_name)
 
+    def add_frozen_adapter(self, adapter_name: str, config: PeftConfig) -> None:
+        """Inject a new adapter that starts frozen and inactive (as PEFT's add_weighted_adapter makes them); a
+        failed injection leaves no config behind."""
+        self.peft_config[adapter_name] = config
+        try:
+            self.inject_adapter(self.model, adapter_name)
+        except Exception:
+            self.peft_config.pop(adapter_name, None)
+            raise
+        self.set_requires_grad(adapter_name, False)
+
     def set_adapter(self, adapter_name: Union[str, list[str]], inference_mode: bool = False,
                     inhibit_same_adapter_change: bool = False) -> None:
         """Activate these adapters; they train (the others are frozen) unless inference_mode."""

@@ -1,7 +1,6 @@
 """Checkpoint I/O: Hub ids from an offline cache, subfolders, safe .bin reading, checks, atomic saves."""
 import json
 import os
-import pickle
 import shutil
 
 import pytest
@@ -9,6 +8,7 @@ import torch
 
 import surgery
 from tests.support import tiny_models
+from tests.support.helpers import write_pickle_payload
 from surgery.errors import CheckpointError, SurgeryError
 
 
@@ -56,13 +56,7 @@ def test_bin_pickle_payload_is_never_executed(tmp_path):
     _, out = _saved(tmp_path)
     os.remove(out / "adapter_model.safetensors")
     marker = tmp_path / "pwned"
-
-    class Payload:
-        def __reduce__(self):
-            return (open, (str(marker), "w"))
-
-    with open(out / "adapter_model.bin", "wb") as handle:
-        pickle.dump({"x": Payload()}, handle)
+    write_pickle_payload(out / "adapter_model.bin", marker)
     with pytest.raises(CheckpointError, match="weights_only"):
         surgery.PeftModel.from_pretrained(tiny_models.tiny_llama(), str(out))
     assert not marker.exists()

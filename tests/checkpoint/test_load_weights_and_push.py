@@ -11,7 +11,7 @@ import surgery
 from surgery.errors import CheckpointError
 from tests.support import tiny_models
 from tests.support.fake_hub import FakeHub
-from tests.support.helpers import perturb_adapters
+from tests.support.helpers import perturb_adapters, write_pickle_payload
 
 
 def _saved(tmp_path, name="adapter", **save):
@@ -130,18 +130,11 @@ def test_hostile_files_through_the_new_loaders(tmp_path):
     """load_peft_weights, AutoPeftModel and hotswap read files with the same guarded readers: a pickle payload
     never runs, a truncated file is an error naming it."""
     import os
-    import pickle
 
     _, out = _saved(tmp_path)
     os.remove(out / "adapter_model.safetensors")
     marker = tmp_path / "pwned"
-
-    class Payload:
-        def __reduce__(self):
-            return (open, (str(marker), "w"))
-
-    with open(out / "adapter_model.bin", "wb") as handle:
-        pickle.dump({"x": Payload()}, handle)
+    write_pickle_payload(out / "adapter_model.bin", marker)
     with pytest.raises(CheckpointError, match="weights_only"):
         surgery.load_peft_weights(str(out), device="cpu")
     model = surgery.get_peft_model(tiny_models.tiny_llama(), surgery.LoraConfig(r=4, target_modules=["q_proj"]))

@@ -114,3 +114,15 @@ def run(model, name: str, inputs=None) -> torch.Tensor:
 
 def adapter_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
     return [(n, m) for n, m in model.named_modules() if getattr(m, "_surgery_adapter_layer", False)]
+
+
+def write_pickle_payload(path, marker) -> None:
+    """A .bin whose unpickling would create `marker` (a file): loaders must refuse it without running it."""
+    import pickle
+
+    class Payload:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    with open(path, "wb") as handle:
+        pickle.dump({"x": Payload()}, handle)

@@ -44,14 +44,8 @@ def add_weighted_adapter(tuner, adapters: list[str], weights: list[float], adapt
         return
     adapters, weights = list(adapters), list(weights)
     targets, feedforward = check_arguments(tuner, adapters, weights)
-    tuner.peft_config[adapter_name] = dataclasses.replace(tuner.peft_config[adapters[0]], target_modules=targets,
-                                                          feedforward_modules=feedforward)
-    try:
-        tuner.inject_adapter(tuner.model, adapter_name)
-    except Exception:
-        tuner.peft_config.pop(adapter_name, None)
-        raise
-    tuner.set_requires_grad(adapter_name, False)   # as PEFT: the new adapter starts frozen
+    tuner.add_frozen_adapter(adapter_name, dataclasses.replace(   # as PEFT: the new adapter starts frozen
+        tuner.peft_config[adapters[0]], target_modules=targets, feedforward_modules=feedforward))
     with torch.no_grad():
         for _, layer in adapter_layers(tuner.model):
             if not isinstance(layer, IA3Layer) or adapter_name not in layer.ia3_l:

@@ -16,7 +16,9 @@ One rank-r pair per expert, packed in one Linear pair (PEFT's layout, so checkpo
 
 The adapted weight W' = W + sum_a delta_a is built with fused ops (baddbmm / addmm: W + s lhs @ rhs, lhs and
 rhs each expert's factors in W's layout), not as a dense delta plus a sum: one dense tensor per forward, the one
-autograd keeps for the module's own backward (its matmuls need W'), and only the small factors besides.
+autograd keeps for the module's own backward (its matmuls need W'), and only the small factors besides. Where
+PEFT rounds instead (float32 factors on a half-precision W, except its one-adapter 3-D fold), the same
+arithmetic as PEFT: each delta rounded to W's dtype, the deltas summed, then added; float8 W: summed in float32.
 """
 from __future__ import annotations
 

@@ -5,8 +5,9 @@ the module holding the parameter; while it runs, the module reads the adapted we
 
     module.<param>  ->  W' = W + sum over active adapters of s B A   (per expert for 3-D; see param_delta.py)
 
-W' is built once per forward, on the module's first read, in one fused op (not a delta plus a sum), and only the
-module's reads see it (param_shadow.py): state_dict, .parameters() and optimizers keep the untouched parameter.
+W' is built once per forward, on the module's first read (one fused op per adapter, or PEFT's rounded-delta sum
+for float32 factors on a half-precision W: param_delta.py), and only the module's reads see it (param_shadow.py):
+state_dict, .parameters() and optimizers keep the untouched parameter.
 Nothing is registered or re-classed (PEFT's parametrize path swaps the module's class twice per forward).
 
 Several parameters of one module: one layer each, stacked (the outer one's base_layer is the inner one), so state

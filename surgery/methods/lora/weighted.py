@@ -284,13 +284,7 @@ def add_weighted_adapter(tuner, adapters: list[str], weights: list[float], adapt
     config = dataclasses.replace(tuner.peft_config[adapters[0]], r=new_rank, lora_alpha=new_rank,
                                  target_modules=new_targets, alpha_pattern={}, rank_pattern={})
     _check_bias(tuner, config)
-    tuner.peft_config[adapter_name] = config
-    try:
-        tuner.inject_adapter(tuner.model, adapter_name)
-    except Exception:
-        tuner.peft_config.pop(adapter_name, None)
-        raise
-    tuner.set_requires_grad(adapter_name, False)   # as PEFT: the new adapter starts frozen
+    tuner.add_frozen_adapter(adapter_name, config)   # as PEFT: the new adapter starts frozen
 
     try:
         _fill(tuner, adapters, weights, adapter_name, combination_type, new_rank, svd_clamp, svd_full_matrices,

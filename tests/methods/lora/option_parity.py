@@ -65,6 +65,20 @@ def printed(model) -> str:
     return buf.getvalue().strip()
 
 
+def assert_trained_parity(ours, theirs, builder, tmp_path) -> torch.Tensor:
+    """Train ours a little, copy into theirs: equal logits, files, and each loading the other's (TOL).
+    Returns the logits."""
+    train_like(ours)
+    copy_state(ours, theirs)
+    expected = logits(theirs)
+    torch.testing.assert_close(logits(ours), expected, atol=TOL, rtol=TOL)
+    assert_same_files(ours, theirs, tmp_path)
+    ours_loaded, theirs_loaded = cross_loaded(ours, theirs, builder, tmp_path)
+    torch.testing.assert_close(logits(ours_loaded), expected, atol=TOL, rtol=TOL)
+    torch.testing.assert_close(logits(theirs_loaded), logits(ours), atol=TOL, rtol=TOL)
+    return expected
+
+
 def cross_loaded(ours, theirs, builder, tmp_path):
     """(surgery loading peft's files, peft loading surgery's files), after both were trained alike."""
     ours_dir, theirs_dir = tmp_path / "ours", tmp_path / "theirs"

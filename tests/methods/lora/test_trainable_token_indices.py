@@ -18,7 +18,7 @@ from surgery.errors import ConfigError, ConfigTypeError, TargetNotFoundError
 from surgery.methods.trainable_tokens.wrapper import TrainableTokensWrapper
 from tests.support import tiny_models as tm
 
-from .option_parity import (INPUTS, TOL, assert_same_files, copy_state, cross_loaded, logits, pair, peft,
+from .option_parity import (INPUTS, TOL, assert_same_files, assert_trained_parity, copy_state, logits, pair, peft,
                             printed, quiet, train_like)
 
 TIED = lambda: tm.tiny_llama(tie_word_embeddings=True)   # noqa: E731
@@ -56,14 +56,7 @@ def test_structure_counts_keys_logits_files_and_merge_equal_peft(case, tmp_path)
     assert printed(ours) == printed(theirs)
     assert list(ours.state_dict()) == list(theirs.state_dict())
     assert sorted(surgery.get_peft_model_state_dict(ours)) == sorted(peft.get_peft_model_state_dict(theirs))
-    train_like(ours)
-    copy_state(ours, theirs)
-    expected = logits(theirs)
-    torch.testing.assert_close(logits(ours), expected, atol=TOL, rtol=TOL)
-    assert_same_files(ours, theirs, tmp_path)
-    ours_loaded, theirs_loaded = cross_loaded(ours, theirs, builder, tmp_path)
-    torch.testing.assert_close(logits(ours_loaded), expected, atol=TOL, rtol=TOL)
-    torch.testing.assert_close(logits(theirs_loaded), logits(ours), atol=TOL, rtol=TOL)
+    assert_trained_parity(ours, theirs, builder, tmp_path)
     merged, merged_peft = ours.merge_and_unload(), quiet(theirs.merge_and_unload)
     assert not any(isinstance(m, TrainableTokensWrapper) for m in merged.modules())
     torch.testing.assert_close(logits(merged), logits(merged_peft), atol=TOL, rtol=TOL)

@@ -19,7 +19,7 @@ import surgery
 from surgery.errors import ConfigError, PlanError
 from tests.support import tiny_models as tm
 
-from .option_parity import (TOL, assert_same_files, copy_state, cross_loaded, logits, peft, printed, quiet,
+from .option_parity import (assert_trained_parity, logits, peft, printed, quiet,
                             train_like)
 
 TIED = lambda: tm.tiny_llama(tie_word_embeddings=True)   # noqa: E731
@@ -60,14 +60,7 @@ def test_config_rewrite_counts_keys_files_and_logits_equal_peft(case, tmp_path):
     assert ours.peft_config["default"].to_dict()["ensure_weight_tying"] == config.get("ensure_weight_tying", False)
     assert printed(ours) == printed(theirs)
     assert list(ours.state_dict()) == list(theirs.state_dict())
-    train_like(ours)
-    copy_state(ours, theirs)
-    expected = logits(theirs)
-    torch.testing.assert_close(logits(ours), expected, atol=TOL, rtol=TOL)
-    assert_same_files(ours, theirs, tmp_path)
-    ours_loaded, theirs_loaded = cross_loaded(ours, theirs, builder, tmp_path)
-    torch.testing.assert_close(logits(ours_loaded), expected, atol=TOL, rtol=TOL)
-    torch.testing.assert_close(logits(theirs_loaded), logits(ours), atol=TOL, rtol=TOL)
+    assert_trained_parity(ours, theirs, builder, tmp_path)
 
 
 @pytest.mark.parametrize("builder, config, words", [
