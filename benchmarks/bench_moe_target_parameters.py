@@ -11,6 +11,7 @@ Figures (each relative to the bare base model's step, so only what the adapter a
             deterministic: the figure the test suite asserts
   peak      the CPU allocator's peak during the step (torch.profiler memory events, in time order)
   dense     the targeted weights of one layer, E x (2I x H + H x I) x 4 bytes: one extra "dense copy"
+  step      wall time of one step (median of repeats + 2, interleaved; informative, not a target)
 Target: surgery's extra saved bytes <= 1 dense copy per layer plus the factors (W' is kept for the experts' own
 backward, which needs it), and neither figure above PEFT's. Also checks the losses agree (1e-5).
 """
@@ -19,6 +20,7 @@ from __future__ import annotations
 import _common as C  # noqa: I001  (sets warning filters before torch/transformers import)
 
 import copy
+import time
 
 import peft
 import torch
@@ -104,6 +106,12 @@ def main():
     losses = {name: step(m, batch).item() for name, m in models.items()}
     saved = {name: saved_bytes(m, batch) for name, m in models.items()}
     peaks = {name: min(peak_bytes(m, batch) for _ in range(args.repeats)) for name, m in models.items()}
+    times = {name: [] for name in models}
+    for _ in range(args.repeats + 2):   # interleaved, median: drifts hit every case alike
+        for name, m in models.items():
+            start = time.perf_counter()
+            step(m, batch)
+            times[name].append(time.perf_counter() - start)
     for m in models.values():
         m.zero_grad(set_to_none=True)
 
@@ -114,12 +122,14 @@ def main():
     for name in ("PEFT", "surgery"):
         extra_saved, extra_peak = saved[name] - saved["base"], peaks[name] - peaks["base"]
         rows.append([name, f"{losses[name]:.6f}", f"{extra_saved / mib:.2f}", f"{extra_saved / dense / args.layers:.2f}",
-                     f"{extra_peak / mib:.2f}", f"{extra_peak / dense / args.layers:.2f}"])
+                     f"{extra_peak / mib:.2f}", f"{extra_peak / dense / args.layers:.2f}",
+                     C.fmt_ms(C.median(times[name]))])
     print(C.environment())
     print(f"Qwen3-MoE: {args.experts} experts, hidden {args.hidden}, {args.layers} layers, r={args.rank}; one dense "
           f"copy of a layer's targeted weights = {dense / mib:.2f} MiB")
     print(C.table(["library", "loss", "extra saved MiB", "saved / dense / layer", "extra peak MiB",
-                   "peak / dense / layer"], rows))
+                   "peak / dense / layer", "step ms (median)"], rows))
+    print(f"bare base step: {C.fmt_ms(C.median(times['base']))} ms")
     ratio_saved = (saved["surgery"] - saved["base"]) / max(saved["PEFT"] - saved["base"], 1)
     ratio_peak = (peaks["surgery"] - peaks["base"]) / max(peaks["PEFT"] - peaks["base"], 1)
     print(f"surgery / PEFT: extra saved {ratio_saved:.2f}x, extra peak {ratio_peak:.2f}x; "
