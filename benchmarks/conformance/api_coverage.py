@@ -18,7 +18,6 @@ METHOD_REASON = "method not implemented in surgery yet (docs/methods.md lists th
 REASONS: dict[str, str] = {
     "PeftMixedModel": "mixing adapters of different methods in one model (PeftMixedModel) is not built yet",
     "PEFT_TYPE_TO_MIXED_MODEL_MAPPING": "belongs to PeftMixedModel (not built yet)",
-    "LoraRuntimeConfig": "LoRA's run-time options (ephemeral GPU offload for DoRA init): not built yet",
     "LoftQConfig": "LoRA's LoftQ initialisation: not implemented yet (issue 13)",
     "replace_lora_weights_loftq": "LoRA's LoftQ initialisation: not implemented yet (issue 13)",
     "LoraGAConfig": "LoRA-GA initialisation: not implemented yet",

@@ -44,7 +44,11 @@ def test_lora_config_defaults_equal_peft_for_every_shared_field():
                 "rank_pattern", "alpha_pattern", "use_dora", "lora_bias", "task_type", "peft_type",
                 "inference_mode", "base_model_name_or_path", "revision", "auto_mapping"):
         assert key in shared, key
-    differing = {k: (getattr(ours, k), getattr(theirs, k)) for k in shared if getattr(ours, k) != getattr(theirs, k)}
+    def plain(value):   # sub-configs (runtime_config) are each library's own class: compared by their fields
+        return dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value
+
+    differing = {k: (getattr(ours, k), getattr(theirs, k)) for k in shared
+                 if plain(getattr(ours, k)) != plain(getattr(theirs, k))}
     # peft stamps its own version on construction; surgery writes the format version when saving.
     assert set(differing) <= {"peft_version"}, differing
     assert ours.peft_type == theirs.peft_type == "LORA"

@@ -56,6 +56,10 @@ def test_same_class_name_fields_and_defaults_as_peft(spec):
 
 
 def _plain(value):
+    import dataclasses
+
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):   # a sub-config: compared by its fields
+        return (type(value).__name__, dataclasses.asdict(value))
     value = getattr(value, "value", value)
     return sorted(value) if isinstance(value, (set, frozenset)) else value
 

@@ -70,3 +70,23 @@ def test_fuzzed_target_parameters_accept_and_refuse_exactly_as_peft():
         assert surgery.LoraConfig.from_dict(config.to_dict()).to_dict() == config.to_dict()
 
     check()
+
+
+def test_runtime_config_is_peft_s_and_never_saved(tmp_path):
+    """LoraRuntimeConfig: accepted as the object or a dict, checked, kept off adapter_config.json (PEFT too)."""
+    import peft as _peft
+
+    import surgery as _surgery
+
+    ours = _surgery.LoraConfig(runtime_config=_surgery.LoraRuntimeConfig(ephemeral_gpu_offload=True))
+    theirs = _peft.LoraConfig(runtime_config=_peft.LoraRuntimeConfig(ephemeral_gpu_offload=True))
+    assert ours.runtime_config.ephemeral_gpu_offload is theirs.runtime_config.ephemeral_gpu_offload is True
+    assert "runtime_config" not in ours.to_dict() and "runtime_config" not in theirs.to_dict()
+    assert _surgery.LoraConfig(runtime_config={"ephemeral_gpu_offload": True}).runtime_config == \
+        _surgery.LoraRuntimeConfig(True)
+    assert _surgery.LoraConfig().runtime_config == _surgery.LoraRuntimeConfig()
+    for bad in ({"gpu": 1}, {"ephemeral_gpu_offload": "yes"}, 3):
+        with pytest.raises(_surgery.errors.ConfigError, match="runtime_config"):
+            _surgery.LoraConfig(runtime_config=bad)
+    ours.save_pretrained(tmp_path)
+    assert _surgery.PeftConfig.from_pretrained(tmp_path).runtime_config == _surgery.LoraRuntimeConfig()

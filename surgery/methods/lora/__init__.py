@@ -17,7 +17,7 @@
     options.py  the structural options' hooks: replication.py (layer_replication), token_indices.py
                (trainable_token_indices), weight_tying.py / tied_factors.py (ensure_weight_tying); option_checks.py
 """
-from .config import LoraConfig
+from .config import LoraConfig, LoraRuntimeConfig
 from .conversion import convert_to_lora, save_as_lora
 from .hotswap import check_hotswap_configs_compatible, hotswap_adapter, hotswap_adapter_from_state_dict
 from .hotswap_prepare import prepare_model_for_compiled_hotswap
@@ -31,7 +31,7 @@ from .model import LoraModel
 from .param_wrapper import ParamWrapper
 from .spec import SPEC
 
-__all__ = ["LoraConfig", "LoraModel", "convert_to_lora", "save_as_lora",
+__all__ = ["LoraConfig", "LoraRuntimeConfig", "LoraModel", "convert_to_lora", "save_as_lora",
            "hotswap_adapter", "hotswap_adapter_from_state_dict", "prepare_model_for_compiled_hotswap",
            "check_hotswap_configs_compatible", "ParamWrapper", "LoftQConfig", "replace_lora_weights_loftq",
            "CordaConfig", "preprocess_corda", "EvaConfig", "get_eva_state_dict", "initialize_lora_eva_weights"]

@@ -12,6 +12,7 @@ from ...config.base import PeftConfig, unsupported_field
 from ...config.enums import PeftType
 from ...config.targets import check_targeting, targeting_field
 from ...config.validation import check_range
+from ...errors import ConfigError
 from .param_options import check_target_parameters
 from .init_options import (CordaConfig, LoftQConfig, check_init_combinations, check_init_lora_weights,
                            settle_corda_config, settle_loftq_config)
@@ -24,8 +25,16 @@ LORA_INERT_KEYS = {
     "lora_ga_config": None, "megatron_config": None, "megatron_core": "megatron.core",
     "monteclora_config": None, "qalora_group_size": 16,
     "use_bdlora": None, "use_qalora": False, "velora_config": None,
-    "runtime_config": None,
 }
+
+
+@dataclass
+class LoraRuntimeConfig:
+    """PEFT's run-time LoRA options, never saved. ephemeral_gpu_offload: PEFT moves CPU-offloaded weights to the
+    GPU for a moment to initialise DoRA faster; the result is the same, and surgery computes DoRA's norm where
+    the weights are (no dense temporary), so here the flag only records the request."""
+
+    ephemeral_gpu_offload: bool = False
 
 
 @dataclass
@@ -103,6 +112,8 @@ class LoraConfig(PeftConfig):
     use_bdlora: Optional[Any] = unsupported_field(None)
     use_qalora: bool = unsupported_field(False)
     velora_config: Optional[Any] = unsupported_field(None)
+    runtime_config: LoraRuntimeConfig = field(
+        default_factory=LoraRuntimeConfig, metadata={"unchecked": True, "help": "Run-time options (not saved)."})
 
     _inert_keys = LORA_INERT_KEYS
     _legacy_keys = frozenset({"enable_lora", "merge_weights"})
@@ -112,6 +123,17 @@ class LoraConfig(PeftConfig):
 
     def validate(self) -> None:
         name = type(self).__name__
+        if isinstance(self.runtime_config, dict):
+            unknown = sorted(set(self.runtime_config) - {"ephemeral_gpu_offload"})
+            if unknown:
+                raise ConfigError(f"{name}.runtime_config has unknown key(s) {unknown}; valid: ephemeral_gpu_offload")
+            self.runtime_config = LoraRuntimeConfig(**self.runtime_config)
+        elif self.runtime_config is None:
+            self.runtime_config = LoraRuntimeConfig()
+        if not isinstance(self.runtime_config, LoraRuntimeConfig) or \
+                not isinstance(self.runtime_config.ephemeral_gpu_offload, bool):
+            raise ConfigError(f"{name}.runtime_config = {self.runtime_config!r}: expected "
+                              f"LoraRuntimeConfig(ephemeral_gpu_offload=<bool>) or such a dict")
         check_target_parameters(name, self.target_parameters)   # first, as PEFT (its TypeError for a string)
         check_init_lora_weights(name, self.init_lora_weights)
         settle_loftq_config(self)
