@@ -24,6 +24,7 @@ from ...errors import ConfigError
 from ...graph.kinds import is_conv1d
 from ...progress import bar
 from ...rewrite.modules_to_save import ModulesToSaveWrapper
+from ..base_layer import AdapterLayer
 from ...rewrite.trainable import adapter_layers
 from .config import LoraConfig
 
@@ -62,7 +63,8 @@ def _check(model: nn.Module, rank, adapter_name: str):
                          f"{rank}.")
     if rank <= 0:
         raise ValueError(f"Passing a rank of {rank} doesn't make sense, please pass a valid value (a positive int).")
-    layers = [(n, m) for n, m in adapter_layers(model) if not isinstance(m, ModulesToSaveWrapper)]
+    # as PEFT: only tuner layers convert; modules_to_save copies and trainable-token wrappers are auxiliaries
+    layers = [(n, m) for n, m in adapter_layers(model) if isinstance(m, AdapterLayer)]
     unsupported = sorted({repr(type(m)) for _, m in layers if not m.supports_lora_conversion(adapter_name)})
     if unsupported:
         raise TypeError(f"Some module types on this model do not support LoRA conversion: {', '.join(unsupported)}.")
@@ -78,7 +80,7 @@ def supports_lora_conversion(model: nn.Module, adapter_name: str = "default") ->
                                                                                dict) else None
     if config is not None and config.is_prompt_learning:
         return False
-    layers = [m for _, m in adapter_layers(model) if not isinstance(m, ModulesToSaveWrapper)]
+    layers = [m for _, m in adapter_layers(model) if isinstance(m, AdapterLayer)]
     return bool(layers) and all(m.supports_lora_conversion(adapter_name) for m in layers)
 
 
