@@ -1,6 +1,6 @@
 """load_peft_weights: an adapter's saved tensors, from a directory or the Hub, as PEFT's function gives them.
 
-Keys are the file's (`base_model.model....lora_A.weight`: no adapter name). `key_mapping` ({regex: replacement},
+Keys are the file's (`base_model.model.<module path>.<tensor>`: no adapter name). `key_mapping` ({regex: replacement},
 the first that matches wins) renames them with the `base_model.model.` prefix taken off and put back, which
 is how transformers remaps checkpoints of renamed architectures.
 """

@@ -20,12 +20,14 @@ from __future__ import annotations
 import copy
 import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable, Optional
 
 import torch
 from torch import nn
 
-from ...errors import ConfigError
+from ...checkpoint.atomic import atomic_write
+from ...errors import CheckpointError, ConfigError
 from ...graph.kinds import is_conv1d, is_linear_like
 from ...graph.walk import module_graph
 from ...matching.rules import compile_rule, match_rule
@@ -78,7 +80,7 @@ def preprocess_corda(model: nn.Module, lora_config, run_model: Optional[Callable
     targets = dict(target_modules(model, lora_config))
     cache = settings.cache_file
     if cache is not None and os.path.exists(cache) and os.path.getsize(cache) > 0:
-        stored = torch.load(cache, map_location=_device(model))
+        stored = _load(cache, model)
         for name, module in targets.items():
             module.eigens = CordaEigens(*(stored[f"{name}.eigens.{key}"] for key in ("S_WC", "U_WC", "V_WC")))
         return
@@ -97,9 +99,22 @@ def preprocess_corda(model: nn.Module, lora_config, run_model: Optional[Callable
 
 
 def _save(tensors: dict, path: str) -> None:
+    """torch.save's format (PEFT reads these files too), written atomically: a crash keeps the old file."""
     if os.path.dirname(path):
         os.makedirs(os.path.dirname(path), exist_ok=True)
-    torch.save(tensors, path)
+    atomic_write(Path(path), lambda tmp: torch.save(tensors, tmp))
+
+
+def _load(path: str, model: nn.Module) -> dict:
+    """A cache or covariance file: tensors only (weights_only=True: a pickled payload never runs)."""
+    try:
+        stored = torch.load(path, map_location=_device(model), weights_only=True)
+    except Exception as exc:
+        raise CheckpointError(f"{path} could not be read safely as a CorDA tensor file (weights_only=True): "
+                              f"{exc}") from None
+    if not isinstance(stored, dict) or not all(isinstance(v, torch.Tensor) for v in stored.values()):
+        raise CheckpointError(f"{path} does not hold a mapping of names to tensors")
+    return stored
 
 
 def _covariances(model, config, targets: dict, run_model, hooked_model) -> tuple[dict, dict]:
@@ -108,7 +123,7 @@ def _covariances(model, config, targets: dict, run_model, hooked_model) -> tuple
     settings = config.corda_config
     path = settings.covariance_file
     if path is not None and os.path.exists(path) and os.path.getsize(path) > 0:
-        stored = torch.load(path, map_location=_device(model))
+        stored = _load(path, model)
         return {name: stored[name] for name in targets}, {}
     if run_model is None:
         raise ValueError("run_model must be specified when covariance file and cache file aren't built.")

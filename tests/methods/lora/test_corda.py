@@ -19,9 +19,9 @@ from peft.tuners.lora.corda import preprocess_corda as peft_preprocess_corda
 from safetensors.torch import load_file
 
 import surgery
-from surgery.errors import ConfigError, PlanError
+from surgery.errors import CheckpointError, ConfigError, PlanError
 from tests.support import tiny_models as tm
-from tests.support.helpers import max_diff
+from tests.support.helpers import max_diff, write_pickle_payload
 
 TOL = 1e-5
 IDS = tm.token_batch(batch=4)
@@ -101,6 +101,17 @@ def test_cache_and_covariance_files_are_written_and_reused(tmp_path):
         surgery.preprocess_corda(again, config)   # no run_model: the files are enough
         other = again.model.layers[0].self_attn.q_proj
         assert all(max_diff(getattr(other.eigens, k), getattr(layer.eigens, k)) <= TOL for k in ("S_WC", "U_WC", "V_WC"))
+
+
+@pytest.mark.parametrize("which", ["cache_file", "covariance_file"])
+def test_a_pickled_payload_in_a_corda_file_never_runs(tmp_path, which):
+    path, marker = tmp_path / "evil.pt", tmp_path / "pwned"
+    write_pickle_payload(path, marker)
+    config = surgery.LoraConfig(r=4, target_modules=TARGETS, init_lora_weights="corda",
+                                corda_config=surgery.CordaConfig(**{which: str(path)}))
+    with pytest.raises(CheckpointError, match="weights_only=True"):
+        surgery.preprocess_corda(tm.tiny_llama(), config)
+    assert not marker.exists()
 
 
 def test_conversion_to_plain_lora_equals_peft(tmp_path):
