@@ -7,7 +7,7 @@
 channel (m: PEFT's (1, out, 1...)); an embedding W^T, one row per embedding dimension (m: (embedding_dim,)).
 The row norm is computed without forming W + sBA (an out x in matrix):
     n^2 = ||W_i||^2 + 2s <B_i, (W A^T)_i> + s^2 <B_i, (B A A^T)_i>
-with ||W_i||^2 cached while W is unchanged; the cost is one (out x in x r) matmul, no big temporary. A grouped
+the cost is one (out x in x r) matmul, no big temporary. A grouped
 conv's delta is no such product (layer.dora_factors gives None): there W + s * delta is formed.
 """
 from __future__ import annotations
@@ -15,7 +15,6 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ...quantized import backend_of
 
 
 # PEFT's switch (helpers.DoraCaching): in eval mode, keep each layer's row norm n between forwards while the
@@ -38,8 +37,6 @@ class DoraMagnitude(nn.Module):
     def __init__(self, magnitude: torch.Tensor):
         super().__init__()
         self.weight = nn.Parameter(magnitude, requires_grad=True)
-        self._row_sq_key = None
-        self._row_sq = None
         self._merge_norm = None
         self._dora_cache: dict = {}   # PEFT's attribute name: {"norm": (key, n)} while caching is on
 
@@ -71,15 +68,13 @@ class DoraMagnitude(nn.Module):
         module.weight = nn.Parameter(module.row_norm(layer, name, weight).to(weight.dtype).reshape(shape))
         return module
 
-    def _row_sq_norms(self, weight: torch.Tensor, cache: bool = True) -> torch.Tensor:
-        # a quantized base is dequantized into a fresh tensor each step: its address says nothing, so no cache
-        key = (weight.data_ptr(), weight._version, weight.dtype, weight.device, tuple(weight.shape)) if cache else None
-        if key is None or key != self._row_sq_key:
-            compute = _compute_dtype(weight)
-            # vector_norm reduces without an (out x in) temporary (pow(2).sum(1) makes one: 46 MB on 5632x2048)
-            self._row_sq = torch.linalg.vector_norm(weight, dim=1, dtype=compute).square_()
-            self._row_sq_key = key
-        return self._row_sq
+    @staticmethod
+    def _row_sq_norms(weight: torch.Tensor) -> torch.Tensor:
+        # Not cached between calls: a key by address and version goes stale when the base weight is written in
+        # place through .data (merges do; `.data`'s version never moves) or a freed copy's address is reused, and
+        # then DoRA would scale by the wrong norm. The pass costs 1/r of the cross term below.
+        # vector_norm reduces without an (out x in) temporary (pow(2).sum(1) makes one: 46 MB on 5632x2048)
+        return torch.linalg.vector_norm(weight, dim=1, dtype=_compute_dtype(weight)).square_()
 
     @torch.no_grad()
     def row_norm(self, layer, name: str, weight: torch.Tensor) -> torch.Tensor:
@@ -93,7 +88,7 @@ class DoraMagnitude(nn.Module):
         A, B = (t.to(compute) for t in factors)
         cross = (B * (w.to(compute) @ A.T)).sum(1)
         quad = ((B @ (A @ A.T)) * B).sum(1)
-        sq = self._row_sq_norms(w, cache=backend_of(layer.get_base_layer()) is None) + 2 * s * cross + (s * s) * quad
+        sq = self._row_sq_norms(w) + 2 * s * cross + (s * s) * quad
         return sq.clamp_min(0).sqrt()
 
     def apply(self, layer, x: torch.Tensor, name: str, result: torch.Tensor) -> torch.Tensor:
