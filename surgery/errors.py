@@ -61,6 +61,10 @@ class MergeError(SurgeryError):
     """A merge would produce non-finite weights or cannot be done."""
 
 
+class UnsupportedTrainerError(PeftError, TypeError):
+    """A trainer that does not know surgery's models (it would save full-model checkpoints)."""
+
+
 def closest(word: str, candidates: Iterable[str], n: int = 3) -> list[str]:
     """The candidates closest to `word` (difflib ratio >= 0.5), best first."""
     return difflib.get_close_matches(str(word), list(candidates), n=n, cutoff=0.5)

@@ -31,6 +31,8 @@ from ..plan.model import Plan, trainable_line
 from ..rewrite.trainable import adapter_layers
 from .injected import InjectedState
 from .persistence import PersistenceMixin
+from .signature import with_base_signature
+from . import trainer_guard
 from .status import get_layer_status, get_model_status
 from .training import TrainingMixin
 
@@ -54,6 +56,8 @@ class PeftModel(PersistenceMixin, TrainingMixin, PushToHubMixin, nn.Module):
         self._add(adapter_name, peft_config, activate=True, strict=kwargs.pop("_strict_targets", True),
                   autocast_adapter_dtype=autocast_adapter_dtype, checkpoint_shapes=kwargs.pop("_checkpoint_shapes", None))
         self._prepare_for_gradient_checkpointing(model)
+        # per instance: the base model's parameter names (the Trainer keeps the dataset columns it lists)
+        self.forward = with_base_signature(self)
 
     @property
     def plans(self) -> dict[str, Plan]:
@@ -179,6 +183,12 @@ class PeftModel(PersistenceMixin, TrainingMixin, PushToHubMixin, nn.Module):
     # -- the base model --------------------------------------------------------------------------------
     def get_base_model(self) -> nn.Module:
         return self.base_model.model
+
+    @property
+    def accepts_loss_kwargs(self) -> bool:
+        """The base model's; read by transformers' Trainer, which refuses surgery models outside surgery's
+        trainers (they would be saved as full models: see facade/trainer_guard.py)."""
+        return trainer_guard.accepts_loss_kwargs(self)
 
     def forward(self, *args, adapter_names: Optional[list[str]] = None, **kwargs):
         """Forward pass; `adapter_names` (one per sample, "__base__" for none) mixes adapters in one batch."""

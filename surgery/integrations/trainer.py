@@ -8,11 +8,12 @@
     class MyTrainer(SurgeryTrainerMixin, SomeTrainerSubclass): ...   # e.g. TRL's SFTTrainer
 
 Why a subclass: transformers recognises adapter models with `isinstance(model, peft.PeftModel)`, and only when
-`peft` is installed. A surgery PeftModel is neither, so a plain Trainer would (1) write the *full* model as
-model.safetensors in every checkpoint, (2) fail to resume from it, (3) read the labels and the columns to keep
-from PeftModel.forward(*args, **kwargs) instead of the task model's forward (no labels found: evaluation
-reports no loss). The mixin fixes those four places and leaves everything else, including real `peft` models,
-to the Trainer. It behaves the same whether or not `peft` is installed.
+`peft` is installed. A surgery PeftModel is neither, so a plain Trainer would write the *full* model as
+model.safetensors in every checkpoint and fail to resume from it; a plain Trainer is therefore refused with a
+message naming this class (surgery/facade/trainer_guard.py). The mixin replaces the Trainer's save, resume and
+best-model loading with adapter-only ones and reads the label names from the task model underneath; the
+columns to keep come from PeftModel.forward's signature, which is the base model's. Everything else, including
+real `peft` models, is left to the Trainer. It behaves the same whether or not `peft` is installed.
 """
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ from transformers.utils import find_labels
 from ..checkpoint.io import BIN_NAME, SAFETENSORS_NAME, adapter_dir, read_tensors
 from ..checkpoint.state import set_peft_model_state_dict
 from ..facade.peft_model import PeftModel
+from ..facade.trainer_guard import trainer_allowed
 
 logger = logging.getLogger(__name__)
 
@@ -64,19 +66,15 @@ class SurgeryTrainerMixin:
     """Put before a Trainer class in the bases: `class T(SurgeryTrainerMixin, Trainer)`."""
 
     def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
+        with trainer_allowed():   # the model's accepts_loss_kwargs answers instead of refusing the Trainer
+            super().__init__(*args, **kwargs)
         base = self._surgery_base_model()
         if base is None:
             return
-        # What the Trainer reads from the model's forward signature: read it from the task model underneath.
+        # The Trainer reads labels from the class's forward; PEFT's task classes name them, PeftModel does not.
         if self.args.label_names is None:
             self.label_names = find_labels(type(base))
         self.can_return_loss = _can_return_loss(type(base))
-        if hasattr(base, "accepts_loss_kwargs"):
-            self.model_accepts_loss_kwargs = base.accepts_loss_kwargs
-        else:
-            params = inspect.signature(base.forward).parameters.values()
-            self.model_accepts_loss_kwargs = any(p.kind == inspect.Parameter.VAR_KEYWORD for p in params)
 
     # -- which model -------------------------------------------------------------------------------------
     def _surgery_model(self, model=None) -> Optional[PeftModel]:
@@ -91,13 +89,6 @@ class SurgeryTrainerMixin:
         return model.get_base_model() if model is not None else None
 
     # -- the Trainer's hooks -----------------------------------------------------------------------------
-    def _set_signature_columns_if_needed(self) -> None:
-        base = self._surgery_base_model()
-        if base is None or self._signature_columns is not None:
-            return super()._set_signature_columns_if_needed()
-        columns = list(inspect.signature(base.forward).parameters)
-        self._signature_columns = columns + list({"label", "label_ids", *self.label_names})
-
     def _save(self, output_dir: Optional[str] = None, state_dict: Optional[dict] = None) -> None:
         """Write the adapters (PEFT format) instead of the full model; the processing class and the training
         arguments as the Trainer does."""

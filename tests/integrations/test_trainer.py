@@ -74,17 +74,6 @@ def test_evaluate_reports_the_loss_and_finds_the_labels(full_run):
     assert "eval_loss" in metrics and metrics["eval_loss"] > 0
 
 
-def test_plain_trainer_keeps_the_inputs_but_writes_the_full_model(tmp_path):
-    """Why SurgeryTrainer exists: transformers only recognises peft's own classes, so a plain Trainer saves
-    model.state_dict() in full. It keeps the dataset's columns: the task classes' forward has PEFT's signature
-    (input_ids, attention_mask, ..., labels), which remove_unused_columns reads."""
-    from transformers import Trainer
-
-    case.train(str(tmp_path / "b"), max_steps=2, trainer_cls=Trainer)
-    files = os.listdir(tmp_path / "b" / "checkpoint-2")
-    assert "model.safetensors" in files and "adapter_model.safetensors" not in files
-
-
 def test_trainer_gradient_checkpointing_trains_the_same(tmp_path):
     _, plain = case.train(str(tmp_path / "plain"), max_steps=2, save_strategy="no")
     _, checkpointed = case.train(str(tmp_path / "gc"), max_steps=2, save_strategy="no", gradient_checkpointing=True,
