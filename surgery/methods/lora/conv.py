@@ -19,6 +19,7 @@ from typing import Optional
 
 import torch
 from torch import nn
+from torch.nn.utils import skip_init
 
 from ...errors import MergeError
 from .init import init_linear_like
@@ -44,12 +45,12 @@ class Conv(LoraLayer):
         conv = _CONV_BY_DIM[base.weight.dim() - 2]
         ones = (1,) * (base.weight.dim() - 2)
         kwargs = dict(device=base.weight.device, dtype=base.weight.dtype)
-        self.lora_A[adapter_name] = conv(base.in_channels, r, base.kernel_size, base.stride, base.padding,
-                                         dilation=base.dilation, bias=False, **kwargs)
-        self.lora_B[adapter_name] = conv(r, base.out_channels, ones, ones, groups=base.groups,
-                                         bias=config.lora_bias, **kwargs)
-        if base.weight.device.type != "meta":
-            init_linear_like(config.init_lora_weights, self.lora_A[adapter_name], self.lora_B[adapter_name], r)
+        # skip_init: no default init on the device; init_linear_like draws it as PEFT does (on the CPU)
+        self.lora_A[adapter_name] = skip_init(conv, base.in_channels, r, base.kernel_size, base.stride,
+                                              base.padding, dilation=base.dilation, bias=False, **kwargs)
+        self.lora_B[adapter_name] = skip_init(conv, r, base.out_channels, ones, ones, groups=base.groups,
+                                              bias=config.lora_bias, **kwargs)
+        init_linear_like(config.init_lora_weights, self.lora_A[adapter_name], self.lora_B[adapter_name], r)
 
     # -- merge -------------------------------------------------------------------------------------------
     def merge_refusal(self) -> Optional[MergeError]:

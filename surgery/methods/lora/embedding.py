@@ -31,12 +31,9 @@ class Embedding(LoraLayer):
         kwargs = dict(device=weight.device, dtype=weight.dtype)
         self.lora_embedding_A[adapter_name] = nn.Parameter(torch.empty(r, base.num_embeddings, **kwargs))
         self.lora_embedding_B[adapter_name] = nn.Parameter(torch.empty(base.embedding_dim, r, **kwargs))
-        if weight.device.type != "meta":
-            # torch.empty is garbage: even the no-op init (False) must start from defined values.
-            nn.init.normal_(self.lora_embedding_A[adapter_name])
-            nn.init.normal_(self.lora_embedding_B[adapter_name])
-            init_embedding(config.init_lora_weights, self.lora_embedding_A[adapter_name],
-                           self.lora_embedding_B[adapter_name])
+        # torch.empty is garbage: every init, the no-op one (False) too, writes both factors
+        init_embedding(config.init_lora_weights, self.lora_embedding_A[adapter_name],
+                       self.lora_embedding_B[adapter_name])
 
     def _embed(self, ids: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         base = self.get_base_layer()

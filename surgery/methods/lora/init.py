@@ -43,24 +43,60 @@ def _gaussian(weight, r):
 _A_INIT = {True: _kaiming, "gaussian": _gaussian, "eva": _kaiming}   # eva: PEFT keeps nn.Linear's init
 
 
-def init_linear_like(init, lora_A: nn.Module, lora_B: nn.Module, r: int) -> None:
-    """Initialise a Linear/Conv pair of LoRA factors in place."""
-    if init is False:
+@torch.no_grad()
+def draw_torch_default_init(factors: tuple, keep: bool) -> None:
+    """Each factor's nn.Linear / nn.Conv default init (kaiming-uniform weight, then a uniform bias), drawn as PEFT
+    draws it: on the CPU in the default dtype, where PEFT builds the factors before moving them to the base's
+    device. `keep`: copy it into the factor (the no-op init, False); else the draws only advance the generator,
+    so that the next draw (A's init) is PEFT's and one seed gives both libraries the same adapter."""
+    dtype = torch.get_default_dtype()
+    for factor in factors:
+        weight = torch.empty(factor.weight.shape, dtype=dtype)
+        nn.init.kaiming_uniform_(weight, a=math.sqrt(5))
+        if keep:
+            factor.weight.copy_(weight)
+        if getattr(factor, "bias", None) is not None:
+            fan_in, _ = nn.init._calculate_fan_in_and_fan_out(weight)
+            bound = 1 / math.sqrt(fan_in) if fan_in > 0 else 0.0
+            bias = torch.empty(factor.bias.shape, dtype=dtype).uniform_(-bound, bound)
+            if keep:
+                factor.bias.copy_(bias)
+
+
+@torch.no_grad()
+def init_linear_like(init, lora_A: nn.Module, lora_B: nn.Module, r: int, defaults_drawn: bool = False) -> None:
+    """Initialise a Linear/Conv pair of LoRA factors in place (created uninitialised: torch.empty), drawing from
+    torch's generator exactly as PEFT does. `defaults_drawn`: draw_torch_default_init already ran."""
+    if lora_A.weight.device.type == "meta":
         return
-    if init not in _A_INIT:   # an init that reads W, on a layer type it does not support (the plan refuses it)
+    if init is not False and init not in _A_INIT:   # an init that reads W, on a layer type it does not support
         raise PlanError(f"init_lora_weights={init!r} is not supported for a {type(lora_A).__name__} adapter; "
                         f"it applies to Linear layers")
-    _A_INIT[init](lora_A.weight, r)
+    if not defaults_drawn:
+        draw_torch_default_init((lora_A, lora_B), keep=init is False)
+    if init is False:
+        return
+    scratch = torch.empty(lora_A.weight.shape, dtype=torch.get_default_dtype())
+    _A_INIT[init](scratch, r)
+    lora_A.weight.copy_(scratch)
     nn.init.zeros_(lora_B.weight)
     if getattr(lora_B, "bias", None) is not None:
         nn.init.zeros_(lora_B.bias)
 
 
+@torch.no_grad()
 def init_embedding(init, weight_A: nn.Parameter, weight_B: nn.Parameter) -> None:
+    """PEFT draws both factors with torch.randn (CPU, default dtype), then (unless False) A = 0 and B again."""
+    if weight_B.device.type == "meta":
+        return
+    dtype = torch.get_default_dtype()
+    drawn_A, drawn_B = torch.randn(weight_A.shape, dtype=dtype), torch.randn(weight_B.shape, dtype=dtype)
     if init is False:
+        weight_A.copy_(drawn_A)
+        weight_B.copy_(drawn_B)
         return
     nn.init.zeros_(weight_A)
-    nn.init.normal_(weight_B)
+    weight_B.copy_(nn.init.normal_(drawn_B))
 
 
 # -- the inits that read the base weight ---------------------------------------------------------------------
@@ -147,9 +183,7 @@ def init_from_base(layer, adapter_name: str, config) -> bool:
     reason = init.refusal(layer.get_base_layer(), config, layer.r[adapter_name])   # update_layer called directly
     if reason:
         raise PlanError(f"{layer._layer_name()}: {reason}")
-    # PEFT builds the factors as nn.Linear (torch's init) first: the same draws keep the random stream, and so
-    # pissa_niter's and orthogonal's draws, equal to PEFT's for the same seed
-    layer.lora_A[adapter_name].reset_parameters()
-    layer.lora_B[adapter_name].reset_parameters()
+    # the caller drew torch's default init first (draw_torch_default_init), as PEFT builds the factors: so
+    # pissa_niter's and orthogonal's draws are PEFT's for the same seed
     init.run(layer, adapter_name, config)
     return True

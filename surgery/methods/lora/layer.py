@@ -21,7 +21,7 @@ from ...errors import MergeError
 from ...graph.kinds import in_out_features, is_conv1d
 from ..base_layer import AdapterLayer, lazy_container
 from .dora import DoraMagnitude
-from .init import init_from_base, init_linear_like
+from .init import draw_torch_default_init, init_from_base, init_linear_like
 from .mixed import mixed_adapter_output
 from .replication import replica_merge_refusal
 from .tied_factors import merges_through_leader, tie_factors
@@ -100,11 +100,10 @@ class LoraLayer(AdapterLayer):
         lora_A = self.lora_A._modules[adapter_name] = uninitialised_linear(in_f, r, False, device, dtype)
         lora_B = self.lora_B._modules[adapter_name] = uninitialised_linear(r, out_f, config.lora_bias, device, dtype)
         if device.type != "meta":
-            if config.init_lora_weights is False:  # the no-op init keeps torch's default Linear init
-                lora_A.reset_parameters()
-                lora_B.reset_parameters()
+            # torch's default init of both factors, drawn as PEFT draws it (kept for the no-op init, False)
+            draw_torch_default_init((lora_A, lora_B), keep=config.init_lora_weights is False)
             if not init_from_base(self, adapter_name, config):   # pissa, olora, ...: from the base weight (init.py)
-                init_linear_like(config.init_lora_weights, lora_A, lora_B, r)
+                init_linear_like(config.init_lora_weights, lora_A, lora_B, r, defaults_drawn=True)
 
     def in_out_features(self) -> tuple[int, int]:
         sizes = in_out_features(self.get_base_layer())   # not the weight's shape: a 4-bit weight is packed

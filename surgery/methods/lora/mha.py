@@ -126,9 +126,6 @@ class MultiheadAttention(LoraLayer):
         lora_B = self.lora_B._modules[adapter_name] = uninitialised_linear(r, self.out_features, config.lora_bias,
                                                                            device, dtype)
         if device.type != "meta":
-            if config.init_lora_weights is False:
-                lora_A.reset_parameters()
-                lora_B.reset_parameters()
             init_linear_like(config.init_lora_weights, lora_A, lora_B, r)
 
     def in_out_features(self) -> tuple[int, int]:

@@ -88,9 +88,6 @@ class ParamWrapper(LoraLayer):
         lora_A = self.lora_A._modules[adapter_name] = uninitialised_linear(self.in_features, rank, False, device, dtype)
         lora_B = self.lora_B._modules[adapter_name] = uninitialised_linear(rank, self.out_features, False, device, dtype)
         if device.type != "meta":
-            if config.init_lora_weights is False:   # the no-op init keeps torch's default Linear init
-                lora_A.reset_parameters()
-                lora_B.reset_parameters()
             init_linear_like(config.init_lora_weights, lora_A, lora_B, r)
         self.mark_new_adapter(adapter_name, config)
 
