@@ -30,6 +30,8 @@ EXPECTED = {
     "bert-base-cased": ("FEATURE_EXTRACTION", "BertModel", 108_310_272),
     "roberta-base": ("FEATURE_EXTRACTION", "RobertaModel", 124_645_632),
     "t5-base": (None, "T5ForConditionalGeneration", 222_903_552),
+    "vit-base-patch16-224": (None, "ViTForImageClassification", 86_567_656),
+    "whisper-tiny": (None, "WhisperForConditionalGeneration", 37_760_640),
 }
 
 
