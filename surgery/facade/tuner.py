@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import re
 from typing import Optional, Union
 
 import torch
@@ -55,7 +56,9 @@ class TunerModel(nn.Module):
         super().__init__()
         self.model = model
         injects = isinstance(peft_config, PeftConfig)
-        self.peft_config: dict = {} if injects else peft_config
+        # inject_adapter_in_model again on an adapted model adds to its configs, as PEFT's tuner does
+        earlier = model.__dict__.get("peft_config") if injects else None
+        self.peft_config: dict = (earlier if isinstance(earlier, dict) else {}) if injects else peft_config
         self.plans: dict[str, Plan] = {}
         self.__dict__["_active"] = [adapter_name]
         if injects:
@@ -291,8 +294,9 @@ def _adapter_to_meta(model: nn.Module, adapter_name: str) -> None:
                 value.to("meta")
 
 
-def _modules_named_by(state_dict: dict, prefix: str) -> list[str]:
-    """The module paths whose adapter entries a state dict holds: "<path>.<prefix>..." keys (PEFT's rule)."""
+def _modules_named_by(state_dict: dict, prefix: str) -> str:
+    """The module paths whose adapter entries a state dict holds ("<path>.<prefix>..." keys), as a regex that
+    matches exactly those paths: PEFT adapts only them (a list would also match every path ending in one)."""
     if not prefix:
         raise PlanError("state_dict= targeting needs the method's parameter prefix; give target_modules instead")
     paths = []
@@ -302,4 +306,4 @@ def _modules_named_by(state_dict: dict, prefix: str) -> list[str]:
             paths.append(head.removeprefix("base_model.model."))
     if not paths:
         raise PlanError(f"state_dict: no key holds {prefix!r} entries, so it names no module to adapt")
-    return list(dict.fromkeys(paths))
+    return "(?:" + "|".join(re.escape(p) for p in dict.fromkeys(paths)) + ")"
