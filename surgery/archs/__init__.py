@@ -2,9 +2,10 @@
 
 ``surgery.archs`` ships the ``config.json`` of a few well-known Hub models (see :func:`bundled_names`)
 and resolves any model source (bundled name, local directory, ``config.json`` path or Hub id) to a
-``transformers`` config, then builds the model skeleton on the ``meta`` device in well under a second
+``transformers`` config (or, for a diffusers component, a :class:`DiffusersConfig`), then builds the model skeleton on the ``meta`` device in well under a second
 for most models, so planners and auditors can inspect module names and shapes of a 70B model on a laptop.
 """
+from .diffusers_models import DiffusersConfig
 from .resolve import (
     TASK_TO_AUTO_CLASS,
     ModelSourceError,
@@ -16,6 +17,7 @@ from .resolve import (
 )
 
 __all__ = [
+    "DiffusersConfig",
     "TASK_TO_AUTO_CLASS",
     "ModelSourceError",
     "build_meta_model",

@@ -12,6 +12,11 @@ A *source* is one of, tried in this order:
 
 Remote code is never executed: configs are built with ``trust_remote_code=False`` and model classes
 come from ``transformers`` itself.
+
+A diffusers component's ``config.json`` (``_class_name``, no ``model_type``: a UNet or a diffusion
+transformer) resolves, from any of these sources, to a :class:`~surgery.archs.diffusers_models.DiffusersConfig`
+instead of a ``PretrainedConfig``, and :func:`build_meta_model` builds its diffusers class (see
+``diffusers_models.py``).
 """
 from __future__ import annotations
 
@@ -27,6 +32,8 @@ from torch import nn
 
 from ..errors import SurgeryError
 from ..tasks import TASKS
+from .diffusers_models import (DiffusersConfig, build_diffusers_meta_model, diffusers_config_from_dict,
+                               is_diffusers_config)
 
 __all__ = [
     "ModelSourceError",
@@ -110,6 +117,8 @@ def _unknown_message(source: str, detail: str | None = None) -> str:
 def _config_from_dict(d: dict[str, Any], name_or_path: str | None, origin: str):
     from transformers import AutoConfig
 
+    if is_diffusers_config(d):
+        return _diffusers_config(d, name_or_path, origin)
     d = dict(d)
     model_type = d.pop("model_type", None)
     if not model_type:
@@ -125,6 +134,13 @@ def _config_from_dict(d: dict[str, Any], name_or_path: str | None, origin: str):
     if name_or_path:
         config.name_or_path = name_or_path
     return config
+
+
+def _diffusers_config(d: dict[str, Any], name_or_path: str | None, origin: str) -> DiffusersConfig:
+    try:
+        return diffusers_config_from_dict(d, name_or_path)
+    except ValueError as exc:
+        raise ModelSourceError(f"{origin}: {exc}") from exc
 
 
 @lru_cache(maxsize=1)
@@ -158,6 +174,8 @@ def _from_directory(path: Path):
     from transformers import AutoConfig
 
     d = _load_json(cfg_file)
+    if is_diffusers_config(d):
+        return _diffusers_config(d, str(path), str(path))
     if d.get("auto_map") and d.get("model_type") not in _known_model_types():
         raise ModelSourceError(
             f"{str(path)!r}: model_type {d.get('model_type')!r} needs remote code (auto_map), "
@@ -194,7 +212,8 @@ def _from_hub(repo_id: str, revision: str | None, cache_dir: str | os.PathLike |
 
 def resolve_config(source: str | os.PathLike, revision: str | None = None,
                    cache_dir: str | os.PathLike | None = None):
-    """Resolve *source* to a ``transformers.PretrainedConfig`` (see the module docstring for the order).
+    """Resolve *source* to a ``transformers.PretrainedConfig``, or a ``DiffusersConfig`` for a diffusers
+    component (see the module docstring for the order).
 
     ``revision`` and ``cache_dir`` only apply to Hub ids. Raises :class:`ModelSourceError` when
     nothing matches; its message names the closest bundled architecture.
@@ -257,9 +276,15 @@ def build_meta_model(config, task: str | None = None) -> nn.Module:
     """Instantiate the model for *config* on the meta device (no weights are allocated).
 
     With ``task`` (a PEFT task type name or ``peft.TaskType``) the matching Auto class decides the
-    class; without it ``config.architectures[0]`` does, falling back to ``AutoModel``.
+    class; without it ``config.architectures[0]`` does, falling back to ``AutoModel``. A ``DiffusersConfig``
+    builds its diffusers class (no task applies).
     """
     task_name = _normalise_task(task)
+    if isinstance(config, DiffusersConfig):
+        try:
+            return build_diffusers_meta_model(config, task_name)
+        except ValueError as exc:
+            raise ModelSourceError(str(exc)) from exc
     cls, is_auto = _model_class(config, task_name)
     try:
         with torch.device("meta"):

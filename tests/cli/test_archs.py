@@ -32,6 +32,7 @@ EXPECTED = {
     "t5-base": (None, "T5ForConditionalGeneration", 222_903_552),
     "vit-base-patch16-224": (None, "ViTForImageClassification", 86_567_656),
     "whisper-tiny": (None, "WhisperForConditionalGeneration", 37_760_640),
+    "stable-diffusion-v1-5-unet": (None, "UNet2DConditionModel", 859_520_964),
 }
 
 
@@ -52,7 +53,8 @@ def test_bundled_names_are_exactly_the_documented_set():
     assert bundled_names() == sorted(EXPECTED)
     for name in bundled_names():
         d = bundled_config_dict(name)
-        assert d["_name_or_path"] and d["model_type"] and d["architectures"], name
+        # a transformers config names its type and classes; a diffusers component its class
+        assert d["_name_or_path"] and (d.get("_class_name") or (d["model_type"] and d["architectures"])), name
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED))
