@@ -2,15 +2,13 @@
 gradient checkpointing through TrainingArguments; the same with `peft` hidden from transformers."""
 import json
 import os
-import subprocess
-import sys
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
 import surgery
-from tests.support import subprocess_env
+from tests.support import facts_with_peft_hidden
 from tests.support import trainer_case as case
 
 
@@ -85,11 +83,7 @@ def test_trainer_gradient_checkpointing_trains_the_same(tmp_path):
 
 
 def test_saving_and_resuming_work_with_peft_hidden(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "tests.support.trainer_case", str(tmp_path), "--hide-peft"],
-                          capture_output=True, text=True, timeout=180,
-                          env=subprocess_env(HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1"))
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    facts = json.loads(proc.stdout.strip().splitlines()[-1])
+    facts = facts_with_peft_hidden("tests.support.trainer_case", tmp_path, timeout=180)
     assert facts["peft_available"] is False
     assert facts["files"] == CHECKPOINT_FILES
     assert facts["resume_max_diff"] <= 1e-6

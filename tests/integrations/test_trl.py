@@ -5,11 +5,8 @@ and do the same float32 work, so they agree to the bit here), logits of a checkp
 """
 from __future__ import annotations
 
-import json
 import math
 import os
-import subprocess
-import sys
 
 import peft
 import pytest
@@ -17,7 +14,7 @@ import torch
 
 import surgery
 from surgery.errors import UnsupportedTrainerError
-from tests.support import subprocess_env
+from tests.support import facts_with_peft_hidden
 from tests.support import trl_runs as runs
 from tests.support.tiny_models import token_batch
 
@@ -168,11 +165,7 @@ def test_binding_leaves_peft_models_to_peft():
 
 
 def test_without_peft_installed_the_runs_are_the_same(paired, tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "tests.support.trl_runs", str(tmp_path), "--hide-peft"],
-                          capture_output=True, text=True, timeout=600,
-                          env=subprocess_env(HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1"))
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    facts = json.loads(proc.stdout.strip().splitlines()[-1])
+    facts = facts_with_peft_hidden("tests.support.trl_runs", tmp_path, timeout=600)
     assert facts["peft_available"] is False
     assert facts["sft"] == pytest.approx(paired["sft"][0].losses, abs=1e-4)
     assert facts["dpo"] == pytest.approx(paired["dpo"][0].losses, abs=1e-4)
