@@ -46,6 +46,9 @@ class PeftModel(PersistenceMixin, TrainingMixin, PushToHubMixin, nn.Module):
     task_classes: dict = {}
     # True inside `with model.disable_adapter():` (injected state is then left out too)
     _adapters_disabled = False
+    # transformers' flag for "trainable adapters are attached" (peft's own models pass its isinstance check
+    # instead): without it the Trainer refuses a quantized base as "purely quantized" (QLoRA)
+    _hf_peft_config_loaded = True
 
     def __init__(self, model: nn.Module, peft_config: PeftConfig, adapter_name: str = "default",
                  autocast_adapter_dtype: bool = True, low_cpu_mem_usage: bool = False, **kwargs):

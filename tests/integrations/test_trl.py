@@ -127,6 +127,19 @@ def test_a_surgery_peft_model_as_the_model_trains_as_a_peft_one(tmp_path):
     _assert_same_run(theirs, ours)
 
 
+def test_qlora_sft_on_a_4bit_base_equals_trl_with_peft(tmp_path):
+    """bitsandbytes nf4 on the CPU; TRL casts the trainable adapter to bf16 for quantized bases, in both."""
+    from tests.support.quantized_models import quantized
+
+    theirs = runs.sft_run("peft", str(tmp_path / "p"), model=peft.prepare_model_for_kbit_training(quantized("nf4")))
+    ours = runs.sft_run("surgery", str(tmp_path / "s"),
+                        model=surgery.prepare_model_for_kbit_training(quantized("nf4")))
+    _assert_same_run(theirs, ours)
+    assert {v.dtype for k, v in ours.trainer.model.named_parameters() if v.requires_grad} == {torch.bfloat16}
+    files = set(os.listdir(tmp_path / "s" / "checkpoint-4"))
+    assert ADAPTER_FILES <= files and not files & FULL_MODEL_FILES
+
+
 def test_grpo_runs_with_plain_generate_and_its_checkpoint_loads_in_peft(tmp_path):
     ours = runs.grpo_run("surgery", str(tmp_path), beta=0.1)
     assert ours.trainer.ref_model is None and len(ours.losses) == 4

@@ -78,14 +78,15 @@ def _finish(trainer, lib_name: str) -> Run:
     return Run(trainer, losses, adapter_of(trainer.model, lib_name), logs)
 
 
-def sft_run(lib_name: str, out_dir: str, **config) -> Run:
+def sft_run(lib_name: str, out_dir: str, model=None, **config) -> Run:
+    """`model`: a base to put the adapter on (default: base_model())."""
     import datasets
     from trl import SFTConfig
 
     _, trainers = library(lib_name)
     data = datasets.Dataset.from_dict({"text": WORDS})
     args = SFTConfig(**_common(out_dir, max_length=24, **config))
-    model, tokenizer = base_model(), tiny_tokenizer()
+    model, tokenizer = base_model() if model is None else model, tiny_tokenizer()
     torch.manual_seed(0)
     trainer = trainers.SFTTrainer(model=model, args=args, train_dataset=data, processing_class=tokenizer,
                                   peft_config=lora_config(lib_name))
