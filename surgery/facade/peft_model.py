@@ -13,8 +13,9 @@ names no method: what differs between methods is in their specs.
 """
 from __future__ import annotations
 
-import functools
 import contextlib
+import functools
+import sys
 import warnings
 from typing import Optional, Union
 
@@ -189,9 +190,9 @@ class PeftModel(PersistenceMixin, TrainingMixin, PushToHubMixin, nn.Module):
 
     @property
     def accepts_loss_kwargs(self) -> bool:
-        """The base model's; read by transformers' Trainer, which refuses surgery models outside surgery's
-        trainers (they would be saved as full models: see facade/trainer_guard.py)."""
-        return trainer_guard.accepts_loss_kwargs(self)
+        """The base model's; refused to transformers' Trainer outside surgery's trainers (it would save surgery
+        models as full models: see facade/trainer_guard.py)."""
+        return trainer_guard.accepts_loss_kwargs(self, sys._getframe(1))
 
     def forward(self, *args, adapter_names: Optional[list[str]] = None, **kwargs):
         """Forward pass; `adapter_names` (one per sample, "__base__" for none) mixes adapters in one batch."""

@@ -54,14 +54,22 @@ def test_peft_models_are_not_affected(tmp_path):
     Trainer(model=model, args=_args(tmp_path), train_dataset=case.TinyClassification())   # constructs
 
 
-def test_accepts_loss_kwargs_answers_inside_surgery_trainers_only():
+def test_accepts_loss_kwargs_is_refused_to_trainers_only():
     model = surgery.get_peft_model(tiny_models.tiny_llama(), surgery.LoraConfig(target_modules=["q_proj"]))
+    # any other reader gets the base model's answer: Llama's forward takes **kwargs (they reach its loss)
+    assert model.accepts_loss_kwargs is True
+    assert "accepts_loss_kwargs" in {name for name in dir(model) if hasattr(model, name)}   # dir()/getattr() loops
+
+    class Reader(Trainer):
+        def __init__(self, model):   # reads as Trainer.__init__ does, without the rest of the Trainer
+            self.answer = hasattr(model, "accepts_loss_kwargs")
+
     with pytest.raises(UnsupportedTrainerError):
-        hasattr(model, "accepts_loss_kwargs")
-    with trainer_allowed():   # Llama's forward takes **kwargs (the loss kwargs reach its loss function)
-        assert model.accepts_loss_kwargs is True
+        Reader(model)
+    with trainer_allowed():
+        assert Reader(model).answer is True
     with pytest.raises(UnsupportedTrainerError):   # the context ends with the block
-        model.accepts_loss_kwargs
+        Reader(model)
 
 
 def _parameter_names(model) -> list[str]:
