@@ -103,8 +103,10 @@ class PeftModel(PersistenceMixin, TrainingMixin, PushToHubMixin, nn.Module):
             if other.peft_type != config.peft_type:
                 raise ConfigError(f"cannot combine a {config.peft_type.value} adapter with the model's "
                                   f"{other.peft_type.value} adapter(s) in one PeftModel; use a separate PeftModel")
+        if (getattr(config, "bias", "none") or "none") == "none":   # nothing to clash with: skip reading every config
+            return
         biased = [name for name, c in self.peft_config.items() if (getattr(c, "bias", "none") or "none") != "none"]
-        if biased and (getattr(config, "bias", "none") or "none") != "none":
+        if biased:
             first = self.peft_config[biased[0]].bias
             raise ConfigError(f"bias = {config.bias!r}: adapter {biased[0]!r} already trains biases ({first!r}); "
                               f"as in PEFT, only one adapter of a model may (biases are the base model's, shared "

@@ -27,7 +27,7 @@ from ..rewrite.apply import apply_plan
 from ..rewrite.dtypes import upcast_adapter
 from ..rewrite.modules_to_save import check_one_copy_each
 from ..rewrite.merge import merge_adapters, unload, unmerge_adapters, unwrap
-from ..rewrite.trainable import adapter_layers, mark_trainable, set_adapters_requires_grad
+from ..rewrite.trainable import adapter_layers, flags_changed, mark_trainable, set_adapters_requires_grad
 from .buffers import SharedBuffers
 
 
@@ -270,10 +270,12 @@ class TunerModel(nn.Module):
         unmerge_adapters(self.model)
 
     def enable_adapter_layers(self) -> None:
+        flags_changed()   # layers put their flags back as they were: the next add sets every flag again
         for _, layer in adapter_layers(self.model):
             layer.enable_adapters(True)
 
     def disable_adapter_layers(self) -> None:
+        flags_changed()
         for _, layer in adapter_layers(self.model):
             layer.enable_adapters(False)
 

@@ -4,7 +4,9 @@ Nodes are qualified module names ("" is the root); edges go parent -> child. Nod
   type (class name), module (the object), params (own parameter count), shapes ({name: shape}),
   layer_index (first numbered segment, PEFT's rule), tied_with (other modules sharing a parameter).
 Graph fact: param_count (every parameter once; None when an adapter layer hid some from the walk).
-The walk never descends into adapter layers' internals: an adapter layer is one node.
+The walk never descends into adapter layers' internals: an adapter layer is one node. Its cost is the model's
+own modules, whatever the number of adapters (each adapter adds modules inside every layer it wraps, one entry
+per adapter in each per-adapter container); base_modules also walks what adapter layers wrap, but not those.
 """
 from __future__ import annotations
 
@@ -57,6 +59,54 @@ def all_modules(model: nn.Module):
         seen.add(id(module))
         yield module
         stack.extend(child for child in module._modules.values() if child is not None)
+
+
+_PER_ADAPTER: dict[type, frozenset[str]] = {}
+
+
+def _per_adapter_names(module: nn.Module) -> frozenset[str]:
+    cls = type(module)   # read on the class (nn.Module's __getattr__ makes an instance miss slow), once per class
+    names = _PER_ADAPTER.get(cls)
+    if names is None:
+        names = _PER_ADAPTER[cls] = frozenset(getattr(cls, "adapter_layer_names", ())) | frozenset(
+            getattr(cls, "other_param_names", ()))
+    return names
+
+
+def per_adapter_children(module: nn.Module) -> list[nn.Module]:
+    """The module's per-adapter containers: the children its class names in adapter_layer_names /
+    other_param_names (PEFT's attributes: the factors, dropouts, copies, ...), which hold one entry per adapter.
+    Empty for a module that is not part of an adapter (dotted names name a child's child: not matched here)."""
+    names = _per_adapter_names(module)
+    return [child for name, child in module._modules.items() if child is not None and name in names] if names else []
+
+
+def base_modules(model: nn.Module):
+    """(fqn, module) as named_modules gives them (each module once, at its first path), except the per-adapter
+    containers (per_adapter_children) and what is under them: the model's own modules, the adapter layers and
+    what they wrap (a base layer, stacked layers, a wrapper's original or inner layer). Its cost does not
+    depend on the number of adapters."""
+    seen: set[int] = set()
+    stack = [("", model)]
+    while stack:
+        name, module = stack.pop()
+        if id(module) in seen:
+            continue
+        seen.add(id(module))
+        yield name, module
+        if not module._modules:
+            continue
+        skipped = _per_adapter_names(module)
+        prefix = name + "." if name else ""
+        stack.extend(reversed([(prefix + child_name, child) for child_name, child in module._modules.items()
+                               if child is not None and child_name not in skipped]))
+
+
+def visible_adapter_layers(model: nn.Module):
+    """The adapter layers of base_modules(model): those in the model's own tree and those under them (stacked
+    layers, a wrapper's inner layer): every layer an adapter being added can reach. Per-adapter parts are not
+    searched (a layer inside a modules_to_save copy holds only the adapters there were when it was copied)."""
+    return (module for _, module in base_modules(model) if is_adapter_layer(module))
 
 
 def module_graph(model: nn.Module) -> nx.DiGraph:

@@ -15,7 +15,7 @@ from typing import Optional, Sequence
 from torch import nn
 
 from ..graph.kinds import is_linear_like
-from ..graph.walk import is_adapter_layer
+from ..graph.walk import base_modules, is_adapter_layer
 from ..tasks import task_for
 
 
@@ -118,7 +118,10 @@ def output_head_names(model: nn.Module, task_type) -> frozenset[str]:
         candidates = [c for c in candidates if c is not None][:1]
     if not candidates:
         return frozenset()
-    return frozenset(name for name, module in model.named_modules() if any(module is c for c in candidates))
+    # named_modules' names, from a walk that skips adapters' own parts (it would grow with every adapter added);
+    # a head found nowhere else is looked for everywhere
+    found = frozenset(name for name, module in base_modules(model) if any(module is c for c in candidates))
+    return found or frozenset(name for name, module in model.named_modules() if any(module is c for c in candidates))
 
 
 def _base_of(module: nn.Module) -> nn.Module:

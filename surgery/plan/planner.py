@@ -14,13 +14,14 @@ from torch import nn
 from ..config.base import PeftConfig
 from ..config.loading import load_config
 from ..errors import ConfigError, PlanError
-from ..quantized import stored_numel
 from .memory import memory_figures, storage_label
 from ..graph.embedding_ties import warn_if_tie_not_kept
 from ..graph.kinds import weight_shape
+from ..graph.census import parameter_total
 from ..graph.walk import is_adapter_layer, module_graph
 from ..matching.rules import compile_rule, match_rule
 from ..matching.selectors import AllLinear, Names, Types
+from ..methods.base_layer import AdapterLayer
 from ..methods.registry import get_method
 from ..methods.spec import RewriteSite, qualified_name
 from ..naming import validate_adapter_name
@@ -123,7 +124,7 @@ def count_params(model: nn.Module, graph=None) -> int:
     """Every parameter once (tied parameters counted once), as PEFT's get_nb_trainable_parameters; read from
     the module graph's facts when its walk saw every parameter."""
     counted = graph.graph.get("param_count") if graph is not None else None
-    return counted if counted is not None else sum(stored_numel(p) for p in model.parameters())
+    return counted if counted is not None else parameter_total(model)
 
 
 def add_heads(config, heads) -> None:
@@ -189,7 +190,7 @@ def _rewrite(graph, fqn: str, config, spec, adapter_name: str, notes: list, lead
         if not isinstance(module, handler.layer):
             raise PlanError(f"{fqn} is already a {type(module).__name__} adapter layer; it cannot also take a "
                             f"{config.peft_type.value} adapter (one module holds adapters of one method)")
-        if adapter_name in module.adapter_names():
+        if _holds(module, adapter_name):
             raise PlanError(f"adapter {adapter_name!r} already exists on {fqn}; pick another adapter_name "
                             f"or delete_adapter({adapter_name!r}) first")
         action = "add"
@@ -200,6 +201,14 @@ def _rewrite(graph, fqn: str, config, spec, adapter_name: str, notes: list, lead
                    method=config.peft_type.value, adapter_name=adapter_name,
                    layer_class=qualified_name(handler.layer), action=action,
                    added_params=spec.count(base, params, config), params=params, base_format=storage_label(base))
+
+
+def _holds(layer: nn.Module, adapter_name: str) -> bool:
+    """`adapter_name in layer.adapter_names()`, asked of each container rather than by listing every adapter the
+    layer holds (a layer with 100 adapters would list 100 names for each one added)."""
+    if type(layer).adapter_names is AdapterLayer.adapter_names:
+        return any(adapter_name in holder for _, holder in layer.adapter_containers())
+    return adapter_name in layer.adapter_names()
 
 
 def _modules_to_save(graph, config, matches) -> list[SavedModule]:

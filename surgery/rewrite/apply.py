@@ -18,7 +18,7 @@ from ..plan.parameters import parameter_layer
 from ..plan.ties import TIED_TO
 from .auxiliary import build_auxiliaries
 from .modules_to_save import ModulesToSaveWrapper
-from .trainable import mark_trainable
+from .added import mark_added
 
 logger = logging.getLogger(__name__)
 
@@ -111,6 +111,10 @@ def apply_plan(model: nn.Module, plan: Plan, config, active: Optional[list[str]]
             setattr(*(parent_and_attr(model, path) if plan.structure else (parent, attr)), wrapper)
     for path, wrapper in wrapped:
         setattr(*parent_and_attr(model, path), wrapper)
-    mark_trainable(model, config, active or [name], [rw.path for rw in plan.rewrites])
+    # the new adapter's flags; the other adapters' are left as they are when nothing changed them (added.py)
+    new = [layer for _, _, layer, _ in built] + [w for _, _, w, original, _ in saved if w is not original]
+    new += [wrapper for _, wrapper in wrapped]
+    grown = extended + [w for _, _, w, original, _ in saved if w is original]
+    mark_added(model, config, active or [name], [rw.path for rw in plan.rewrites], name, new, grown)
     plan.applied = True
     return plan

@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..graph.walk import all_modules, is_adapter_layer
+from ..graph.walk import all_modules, visible_adapter_layers
 
 _UPCAST = {torch.float16, torch.bfloat16} | {
     getattr(torch, name) for name in ("float8_e4m3fn", "float8_e4m3fnuz", "float8_e5m2", "float8_e5m2fnuz",
@@ -18,8 +18,9 @@ def upcast_adapter(model: nn.Module, adapter_name: str) -> int:
     """Move adapter `adapter_name`'s parameters from half/float8 to float32 (new Parameter objects, the
     requires_grad flags kept). Returns how many tensors changed."""
     changed = 0
-    for module in all_modules(model):
-        if not is_adapter_layer(module) or not hasattr(module, "adapter_containers"):
+    # the adapter's parameters are in adapter layers' containers: other adapters' parts are not searched
+    for module in visible_adapter_layers(model):
+        if not hasattr(module, "adapter_containers"):
             continue   # modules_to_save copies keep the base dtype, as in PEFT
         for _, holder in module.adapter_containers():
             param = holder._parameters.get(adapter_name)

@@ -1,11 +1,35 @@
 """Which parameters train: the active adapter's, modules_to_save copies, and biases per `bias` mode
-("none", "all", or "<method>_only" for the targeted layers' biases)."""
+("none", "all", or "<method>_only" for the targeted layers' biases).
+
+mark_trainable sets every flag of the model (the base frozen, each adapter layer's set_adapter). Adding an
+adapter does not need that: mark_added (rewrite/added.py) sets only the new adapter's flags when the model is
+still as mark_trainable left it, which `_MARKED` records and flags_changed() (any other change of adapters'
+flags through surgery) voids.
+"""
 from __future__ import annotations
+
+import weakref
 
 import torch
 from torch import nn
 
-from ..graph.walk import all_modules, is_adapter_layer
+from ..graph.walk import is_adapter_layer
+
+# model -> (active adapters, trainable, epoch) of the last mark_trainable with bias "none" on it
+_MARKED: "weakref.WeakKeyDictionary[nn.Module, tuple]" = weakref.WeakKeyDictionary()
+_EPOCH = [0]
+
+
+def flags_changed() -> None:
+    """Adapters' requires_grad flags were changed outside mark_trainable (set_requires_grad, layers turned off
+    or on): the next add re-derives every flag instead of trusting the recorded state."""
+    _EPOCH[0] += 1
+
+
+def marked_state(model: nn.Module, active: list[str], trainable: bool) -> bool:
+    """Whether `model`'s flags are as mark_trainable(active, trainable, bias "none") left them, as far as surgery
+    knows (flags set by hand on parameters are not seen)."""
+    return _MARKED.get(model) == (tuple(active), trainable, _EPOCH[0])
 
 
 def adapter_layers(model: nn.Module):
@@ -17,6 +41,7 @@ def adapter_layers(model: nn.Module):
 
 def set_adapters_requires_grad(model: nn.Module, names: set[str], requires_grad: bool) -> None:
     """Turn gradients on or off for these adapters' parameters in every adapter layer (buffers stay frozen)."""
+    flags_changed()
     for _, layer in adapter_layers(model):
         holders = [layer.modules_to_save] if getattr(layer, "_surgery_modules_to_save", False) else \
             [holder for _, holder in layer.adapter_containers()]
@@ -29,21 +54,40 @@ def set_adapters_requires_grad(model: nn.Module, names: set[str], requires_grad:
                     param.requires_grad_(requires_grad)
 
 
-def mark_trainable(model: nn.Module, config, active: list[str], paths: list[str]) -> None:
-    """Freeze the base model; only the `active` adapters' parameters (and biases per config.bias) train."""
-    trainable = not config.inference_mode
+def freeze_under(root: nn.Module) -> list[nn.Module]:
+    """Freeze every parameter under `root` (each module once); returns its adapter layers, in walk order. Every
+    adapter's parameters are visited, so the loop is kept tight: reading a flag costs half of setting it."""
     layers = []
-    for module in all_modules(model):  # one walk: freeze everything, remember the adapter layers
+    seen: set[int] = set()
+    stack = [root]
+    while stack:
+        module = stack.pop()
+        if module is None or id(module) in seen:
+            continue
+        seen.add(id(module))
         for p in module._parameters.values():
-            if p is not None:
+            if p is not None and p.requires_grad:
                 p.requires_grad_(False)
         if is_adapter_layer(module):
             layers.append(module)
+        if module._modules:
+            stack.extend(module._modules.values())
+    return layers
+
+
+def mark_trainable(model: nn.Module, config, active: list[str], paths: list[str]) -> None:
+    """Freeze the base model; only the `active` adapters' parameters (and biases per config.bias) train."""
+    trainable = not config.inference_mode
+    layers = freeze_under(model)   # one walk: freeze everything, remember the adapter layers
     for layer in layers:
         layer.set_adapter(active, trainable=trainable)
+    mode = getattr(config, "bias", "none") or "none"
+    if mode == "none":
+        _MARKED[model] = (tuple(active), trainable, _EPOCH[0])
+    else:   # trained biases are not part of the recorded state: the next add sets every flag again
+        _MARKED.pop(model, None)
     if not trainable:
         return
-    mode = getattr(config, "bias", "none") or "none"
     if mode == "all":
         for n, p in model.named_parameters():
             if n == "bias" or n.endswith(".bias"):
