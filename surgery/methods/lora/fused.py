@@ -8,16 +8,22 @@ gradients of x over (tokens x in)). Written by hand, all of these fold into the 
     backward  gh = s * g B                                     (tokens x r: the cheap side gets the scale)
               dB = s * g^T h,   dA = gh^T x,   dx = addmm(g W, gh, A)
 
-DoRA (n = ||W + s B A||_row, detached as in the paper and PEFT; m the magnitude):
+Saved: x (shared by the layers reading the same input: q/k/v, gate/up), h and the factors.
 
-    forward   out = (m / n) * y  (+ bias)
-    backward  dm = sum_tokens(g * y) / n,   gy = g * (m / n),   then the LoRA backward on gy
+LoRA dropout (an nn.Dropout, its p and training read at each forward, so TRL's p = 0 switches it off):
+the node draws x_d = F.dropout(x, p) itself and keeps the mask as bits (CPU) or the generator state to draw it
+again (CUDA) (dropout.py), instead of x_d and dropout's noise (2 x tokens x in elements):
 
-With LoRA dropout the adapter reads x_d = dropout(x) (the module runs as usual, so the random stream is
-the same as on the generic path) and autograd carries dx_d back through the dropout mask. float32 factors on
-a bf16/fp16 base (autocast_adapter_dtype) run `_LoraLinearMixed` / `_DoraLinearMixed`, PEFT's mixed-precision
-arithmetic. DoRA with dropout, a base with hooks, several active adapters and autocast take the generic path in
-layer.py, which gives the same values.
+    forward   h = x_d A^T,  y = addmm(x W^T, h, B^T, alpha=s)
+    backward  x_d, back = replay(x, mask);   dA = gh^T x_d,   dx = g W + back(gh A)      (back(t) = t * noise)
+
+The masks are nn.Dropout's own (same generator, same draws: bit-identical to PEFT's for a seed). A dropout
+module the replay does not cover (not a plain nn.Dropout, p = 1, another device) runs as before: x_d is made
+outside and is an input of the node. float32 factors on a bf16/fp16 base (autocast_adapter_dtype) run
+`_LoraLinearMixed`, PEFT's mixed-precision arithmetic: it keeps the half-precision x and makes its float32
+copy again in backward (PEFT keeps one float32 copy per layer). DoRA's nodes are in fused_dora.py. A base
+with hooks, several active adapters and autocast take the generic path in layer.py, which gives the same
+values.
 """
 from __future__ import annotations
 
@@ -28,7 +34,8 @@ from torch import nn
 from torch.nn.modules import module as _module_globals
 
 from ...graph.kinds import is_conv1d
-from .layer import _NO_DROPOUT
+from .dropout import draw, dropout_p, replay
+from .fused_dora import _DoraDropLinear, _DoraLinear, _DoraLinearMixed, _factor_grads
 
 
 def _plain_base(base: nn.Module) -> bool:
@@ -80,8 +87,6 @@ def fusable(layer, x: torch.Tensor) -> Optional[Factors]:
     modules = layer._modules
     dropout = modules["lora_dropout"]._modules[name]
     use_dora = state["use_dora"][name]
-    if dropout is not _NO_DROPOUT and use_dora:
-        return None
     base = modules["base_layer"]
     if not _plain_base(base) or not _no_global_hooks() or torch.is_autocast_enabled(x.device.type):
         return None
@@ -105,148 +110,120 @@ def fused_forward(layer, x: torch.Tensor) -> Optional[torch.Tensor]:
     if f is None:
         return None
     x2d = x.reshape(-1, x.shape[-1])
+    p = dropout_p(f.dropout, x2d)     # 0: no dropout; None: the module runs outside the node
     if f.use_dora:
         magnitude = layer._modules["lora_magnitude_vector"]._modules[f.name]
         m = magnitude._parameters["weight"]
-        if m.dtype != f.A.dtype:
+        if m.dtype != f.A.dtype or p is None:
             return None
         norm = magnitude.row_norm(layer, f.name, layer._modules["base_layer"].weight).to(m.dtype)
-        dora = _DoraLinearMixed if f.mixed else _DoraLinear
-        out = dora.apply(x2d, f.weight, f.bias, f.A, f.B, m, norm, f.scaling)
-    elif f.mixed:   # PEFT drops out the float32 copy of x: autograd carries dx_d back through both
-        x_d = None if f.dropout is _NO_DROPOUT else f.dropout(x2d.float())
-        out = _LoraLinearMixed.apply(x2d, f.weight, f.bias, f.A, f.B, f.scaling, x_d)
+        if p:
+            out = _DoraDropLinear.apply(x2d, f.weight, f.bias, f.A, f.B, m, norm, f.scaling, p)
+        else:
+            dora = _DoraLinearMixed if f.mixed else _DoraLinear
+            out = dora.apply(x2d, f.weight, f.bias, f.A, f.B, m, norm, f.scaling)
     else:
-        x_d = None if f.dropout is _NO_DROPOUT else f.dropout(x2d)
-        out = _LoraLinear.apply(x2d, f.weight, f.bias, f.A, f.B, f.scaling, x_d)
+        x_d = None
+        if p is None:   # PEFT drops out x's float32 copy on a half base: autograd carries dx_d back through both
+            x_d = f.dropout(x2d.float() if f.mixed else x2d)
+        lora = _LoraLinearMixed if f.mixed else _LoraLinear
+        out = lora.apply(x2d, f.weight, f.bias, f.A, f.B, f.scaling, x_d, p or 0.0)
     return out.view(*x.shape[:-1], out.shape[-1])
 
 
-def _factor_grads(g, x_in, h, A, B, s, need_gh: bool, need_a: bool, need_b: bool):
-    """The low-rank part of every backward here, for output grad g of s (x_in A^T) B^T: gh = s g B (the grad
-    at h, for dx and dA), dA = gh^T x_in, dB = s g^T h; each only when needed. (gh, dA, dB)."""
-    gh = torch.mm(g, B).mul_(s) if (need_gh or need_a) else None
-    dB = torch.mm(g.t(), h).mul_(s) if need_b else None
-    dA = torch.mm(gh.t(), x_in) if need_a else None
-    return gh, dA, dB
-
-
-def _lora_backward(ctx, g: torch.Tensor, x, x_d, h, weight, A, B, s):
-    """Gradients of y = x W^T + s (x_d A^T) B^T for output grad g: (dx, dx_d, dW, dA, dB).
-    x_d None means the adapter read x itself, and its x-gradient is folded into dx."""
-    need_x, need_w, need_a, need_b = (ctx.needs_input_grad[i] for i in (0, 1, 3, 4))
-    need_xd = x_d is not None and ctx.needs_input_grad[6]
-    gh, dA, dB = _factor_grads(g, x if x_d is None else x_d, h, A, B, s, need_x or need_xd, need_a, need_b)
+def _lora_backward(g, x, x_in, h, weight, A, B, s, needs, back=None):
+    """Gradients of y = x W^T + s (x_in A^T) B^T for output grad g: (dx, dx_d, dW, dA, dB); needs: which of
+    (x, W, A, B, x_d) want one. x_in is x itself, or the dropped x: replayed (back carries its gradient into dx)
+    or an input of the node (dx_d)."""
+    need_x, need_w, need_a, need_b, need_xd = needs
+    need_xd = need_xd and x_in is not x and back is None
+    gh, dA, dB = _factor_grads(g, x_in, h, A, B, s, need_x or need_xd, need_a, need_b)
     dW = torch.mm(g.t(), x) if need_w else None
     dx = torch.mm(g, weight) if need_x else None
     dx_d = None
-    if x_d is None:
-        dx = dx.addmm_(gh, A) if need_x else None
-    elif need_xd:
+    if need_x and x_in is x:
+        dx = dx.addmm_(gh, A)
+    elif need_x and back is not None:
+        dx = dx.add_(back(torch.mm(gh, A)))
+    if need_xd:
         dx_d = torch.mm(gh, A)
     return dx, dx_d, dW, dA, dB
 
 
 class _LoraLinear(torch.autograd.Function):
+    """x_d: a dropped input made outside (or None); p > 0: the node draws and replays the dropout itself."""
+
     @staticmethod
-    def forward(ctx, x, weight, bias, A, B, s, x_d):
-        h = torch.mm(x if x_d is None else x_d, A.t())
+    def forward(ctx, x, weight, bias, A, B, s, x_d, p=0.0):
+        ctx.drop = bits = None
+        if p:
+            x_in, ctx.drop, bits = draw(x, p)
+        else:
+            x_in = x if x_d is None else x_d
+        h = torch.mm(x_in, A.t())
+        del x_in
         y = torch.mm(x, weight.t()) if bias is None else torch.addmm(bias, x, weight.t())
         y = y.addmm_(h, B.t(), alpha=s)
-        ctx.save_for_backward(x, x_d, h, weight, A, B)
+        ctx.save_for_backward(x, x_d, h, weight, A, B, bits)
         ctx.s = s
         return y
 
     @staticmethod
     def backward(ctx, g):
-        x, x_d, h, weight, A, B = ctx.saved_tensors
+        x, x_d, h, weight, A, B, bits = ctx.saved_tensors
+        back = None
+        if ctx.drop is not None:
+            x_d, back = replay(x, ctx.drop, bits)
         g = g.contiguous()
-        dx, dx_d, dW, dA, dB = _lora_backward(ctx, g, x, x_d, h, weight, A, B, ctx.s)
+        needs = tuple(ctx.needs_input_grad[i] for i in (0, 1, 3, 4, 6))
+        dx, dx_d, dW, dA, dB = _lora_backward(g, x, x if x_d is None else x_d, h, weight, A, B, ctx.s, needs, back)
         dbias = g.sum(0) if ctx.needs_input_grad[2] else None
-        return dx, dW, dbias, dA, dB, None, dx_d
-
-
-class _DoraLinear(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, weight, bias, A, B, magnitude, norm, s):
-        h = torch.mm(x, A.t())
-        y = torch.mm(x, weight.t()).addmm_(h, B.t(), alpha=s)    # W x + s B A x
-        scale = magnitude / norm
-        out = y * scale if bias is None else torch.addcmul(bias, y, scale)
-        ctx.save_for_backward(x, h, weight, A, B, y, scale, norm)
-        ctx.s = s
-        return out
-
-    @staticmethod
-    def backward(ctx, g):
-        x, h, weight, A, B, y, scale, norm = ctx.saved_tensors
-        g = g.contiguous()
-        dm = (g * y).sum(0).div_(norm) if ctx.needs_input_grad[5] else None
-        dbias = g.sum(0) if ctx.needs_input_grad[2] else None
-        gy = g * scale
-        dx, _, dW, dA, dB = _lora_backward(ctx, gy, x, None, h, weight, A, B, ctx.s)
-        return dx, dW, dbias, dA, dB, dm, None, None
+        return dx, dW, dbias, dA, dB, None, dx_d, None
 
 
 class _LoraLinearMixed(torch.autograd.Function):
     """A half-precision base (x, W, b in bf16/fp16) with float32 factors, computed as PEFT does it (the base
     GEMM in the half dtype, the adapter at float32, the sum rounded to the half dtype once; backward: the
     adapter's x-gradient rounded to the half dtype, then added to the base's), without autograd's separate
-    passes for the scale, the promotion and the casts of the sum."""
+    passes for the scale, the promotion and the casts of the sum. Keeps the half x, not its float32 copy
+    (remade in backward: an exact cast); the dropout (p > 0) is drawn on that float32 copy, as PEFT's."""
 
     @staticmethod
-    def forward(ctx, x, weight, bias, A, B, s, x_d):
+    def forward(ctx, x, weight, bias, A, B, s, x_d, p=0.0):
         y = torch.mm(x, weight.t()) if bias is None else torch.addmm(bias, x, weight.t())
-        xf = x.float() if x_d is None else x_d     # x_d: dropout of x's float32 copy, made outside
+        ctx.drop = bits = None
+        if p:
+            xf, ctx.drop, bits = draw(x.float(), p)
+        else:
+            xf = x.float() if x_d is None else x_d     # x_d: dropout of x's float32 copy, made outside
         h = torch.mm(xf, A.t())
+        del xf
         out = y.float().addmm_(h, B.t(), alpha=s).to(x.dtype)
-        ctx.save_for_backward(x if ctx.needs_input_grad[1] else None, xf, h, weight, A, B)
-        ctx.s, ctx.dropped = s, x_d is not None
-        return out
-
-    @staticmethod
-    def backward(ctx, g):
-        x, xf, h, weight, A, B = ctx.saved_tensors
-        s = ctx.s
-        need_x, need_w, need_bias, need_a, need_b = ctx.needs_input_grad[:5]
-        need_xd = ctx.dropped and ctx.needs_input_grad[6]
-        g = g.contiguous()
-        gh, dA, dB = _factor_grads(g.float(), xf, h, A, B, s, need_x or need_xd, need_a, need_b)
-        dW = torch.mm(g.t(), x) if need_w else None
-        dx = torch.mm(g, weight) if need_x else None
-        dx_d = torch.mm(gh, A) if need_xd else None
-        if need_x and not ctx.dropped:
-            dx = dx.add_(torch.mm(gh, A).to(g.dtype))
-        dbias = g.sum(0) if need_bias else None
-        return dx, dW, dbias, dA, dB, None, dx_d
-
-
-class _DoraLinearMixed(torch.autograd.Function):
-    """DoRA with float32 factors and magnitude on a half-precision base: the base GEMM in the half dtype, the
-    rest at float32 (as PEFT), out = (m/n) * (W x + s B A x) + b rounded to the half dtype once."""
-
-    @staticmethod
-    def forward(ctx, x, weight, bias, A, B, magnitude, norm, s):
-        xf = x.float()
-        h = torch.mm(xf, A.t())
-        y = torch.mm(x, weight.t()).float().addmm_(h, B.t(), alpha=s)
-        scale = magnitude / norm
-        out = (y * scale if bias is None else torch.addcmul(bias.float(), y, scale)).to(x.dtype)
-        ctx.save_for_backward(xf, h, weight, A, B, y, scale, norm)
+        ctx.save_for_backward(x if x_d is None or ctx.needs_input_grad[1] else None, x_d, h, weight, A, B, bits)
         ctx.s = s
         return out
 
     @staticmethod
     def backward(ctx, g):
-        xf, h, weight, A, B, y, scale, norm = ctx.saved_tensors
+        x, x_d, h, weight, A, B, bits = ctx.saved_tensors
         s = ctx.s
-        need_x, need_w, need_bias, need_a, need_b, need_m = ctx.needs_input_grad[:6]
-        gf = g.float()
-        dm = (gf * y).sum(0).div_(norm) if need_m else None
+        need_x, need_w, need_bias, need_a, need_b = ctx.needs_input_grad[:5]
+        need_xd = x_d is not None and ctx.needs_input_grad[6]
+        back = None
+        if ctx.drop is not None:
+            x_in, back = replay(x.float(), ctx.drop, bits)
+        elif x_d is not None:
+            x_in = x_d
+        else:
+            x_in = x.float() if need_a else None
+        g = g.contiguous()
+        gh, dA, dB = _factor_grads(g.float(), x_in, h, A, B, s, need_x or need_xd, need_a, need_b)
+        del x_in
+        dW = torch.mm(g.t(), x) if need_w else None
+        dx = torch.mm(g, weight) if need_x else None
+        dx_d = torch.mm(gh, A) if need_xd else None
+        if need_x and x_d is None:
+            t = torch.mm(gh, A)
+            dx = dx.add_((t if back is None else back(t)).to(g.dtype))
         dbias = g.sum(0) if need_bias else None
-        gy = gf * scale
-        gh, dA, dB = _factor_grads(gy, xf, h, A, B, s, need_x, need_a, need_b)
-        gy_half = gy.to(g.dtype) if (need_x or need_w) else None
-        dW = torch.mm(gy_half.t(), xf.to(g.dtype)) if need_w else None
-        dx = torch.mm(gy_half, weight).add_(torch.mm(gh, A).to(g.dtype)) if need_x else None
-        return dx, dW, dbias, dA, dB, dm, None, None
+        return dx, dW, dbias, dA, dB, None, dx_d, None

@@ -21,6 +21,7 @@ from ...errors import MergeError
 from ...graph.kinds import in_out_features, is_conv1d
 from ..base_layer import AdapterLayer, lazy_container
 from .dora import DoraMagnitude
+from .dropout import dropped_lora_A
 from .init import draw_torch_default_init, init_from_base, init_linear_like
 from .mixed import mixed_adapter_output
 from .replication import replica_merge_refusal
@@ -137,7 +138,8 @@ class LoraLayer(AdapterLayer):
         x = self._cast_input_dtype(x, lora_A.weight.dtype)
         if self.use_dora[name]:
             return self.lora_magnitude_vector[name].apply(self, x, name, result)
-        return result + self.lora_B[name](lora_A(self.lora_dropout[name](x))) * self.scaling[name]
+        # lora_A(dropout(x)) keeping x and the mask (bits or RNG state, dropout.py), not x_d and the noise
+        return result + self.lora_B[name](dropped_lora_A(self.lora_dropout[name], lora_A, x)) * self.scaling[name]
 
     # -- what DoRA (dora.py) needs of a layer type: Linear / Conv1D here, conv and embedding override ---------
     def dora_view(self, weight: torch.Tensor) -> torch.Tensor:
