@@ -1,85 +1,158 @@
-"""Mixed-batch inference (one adapter per sample) vs a single-adapter forward, surgery beside PEFT.
+"""Mixed-batch serving (one adapter per sample) vs a single-adapter forward, surgery beside PEFT.
 
-Small Llama (hidden 512, 4 layers), batch 16 x 64, LoRA r=8 on q_proj/v_proj, 8 adapters, each sample
-naming one adapter (two samples per adapter). Prints each library's mixed/single ratio (target <= 1.05x
-for surgery) and checks surgery's mixed logits against per-adapter forwards.
+    python benchmarks/bench_mixed_batch.py [--quick] [--repeats N] [--adapters 32] [--batch 32] [--prompt 32]
 
-    python benchmarks/bench_mixed_batch.py [--quick]
+The 45M Llama of _models.small_llama (hidden 512, 4 layers, vocab 32000, float32), 32 LoRA adapters with
+ranks cycling 8/16/32/64 (alpha = 2r) on q_proj/k_proj/v_proj/o_proj, random factors identical in both
+libraries. A batch of 32 samples, sample i naming adapter i (`adapter_names=[...]`), timed against a
+single-adapter forward of the same batch (every sample on one adapter, `set_adapter`), in two phases:
+
+  * prefill: a forward over 32 x 32 prompt tokens (use_cache=False);
+  * decode:  one generation step, 32 x 1 tokens with the KV cache of a 32-token prefill (the serving case);
+             each timed call gets a fresh copy of its prefill's cache (untimed).
+
+The single-adapter baseline is a0 (r=8, the smallest rank: the strictest reference); a3 (r=64) is shown too.
+Targets (issue 15): prefill mixed <= 1.05x single; decode mixed <= 1.25x single and <= 0.4x PEFT's mixed;
+per-sample outputs equal single-adapter runs (max |logits diff| <= 1e-5). Exit 1 if one is missed.
 """
 from __future__ import annotations
 
-import argparse
-import statistics
-import time
+import _common as C  # noqa: I001  (sets warning filters before torch/transformers import)
 
-import torch
-from transformers import LlamaConfig, LlamaForCausalLM
+import copy
 
 import peft
+import torch
+
 import surgery
+from _models import copy_adapters, randomize_adapters, small_llama
 
-N_ADAPTERS = 8
+RANKS = (8, 16, 32, 64)
+TARGETS = {"prefill mixed / single": 1.05, "decode mixed / single": 1.25, "decode mixed / PEFT mixed": 0.4}
+TOLERANCE = 1e-5
 
 
-def build(lib, seed=0):
-    torch.manual_seed(seed)
-    cfg = LlamaConfig(hidden_size=512, intermediate_size=1376, num_hidden_layers=4, num_attention_heads=8,
-                      num_key_value_heads=8, vocab_size=32000)
-    base = LlamaForCausalLM(cfg).eval()
+def build(lib, base, n_adapters):
     model = None
-    for i in range(N_ADAPTERS):
-        config = lib.LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"], init_lora_weights=False,
+    for i in range(n_adapters):
+        r = RANKS[i % len(RANKS)]
+        config = lib.LoraConfig(r=r, lora_alpha=2 * r, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"],
                                 task_type="CAUSAL_LM")
         if model is None:
-            model = lib.get_peft_model(base, config, adapter_name=f"a{i}")
+            model = lib.get_peft_model(copy.deepcopy(base), config, adapter_name="a0")
         else:
             model.add_adapter(f"a{i}", config)
     model.set_adapter("a0")
     return model.eval()
 
 
-def timed(fn, repeats):
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+def forward(model, ids, names=None, cache=None, single=None):
+    if single is not None:
+        model.set_adapter(single)
+    kwargs = {} if names is None else {"adapter_names": names}
+    return model(input_ids=ids, past_key_values=cache, use_cache=cache is not None, **kwargs)
+
+
+def check(models, prompt, step, names):
+    """Max |logits diff| of surgery's mixed batch against each sample run alone on its adapter, and vs PEFT."""
+    s, p = models["surgery"], models["PEFT"]
+    diffs = {}
+    with torch.inference_mode():
+        pre = forward(s, prompt, names).logits
+        dec = forward(s, step, names, cache=forward(s, prompt, names, cache=_empty_cache()).past_key_values).logits
+        pre_alone, dec_alone = [], []
+        for i, name in enumerate(names):
+            pre_alone.append(forward(s, prompt[i:i + 1], single=name).logits)
+            cache = forward(s, prompt[i:i + 1], cache=_empty_cache(), single=name).past_key_values
+            dec_alone.append(forward(s, step[i:i + 1], cache=cache, single=name).logits)
+        s.set_adapter("a0")
+        diffs["prefill: mixed vs each sample alone"] = (pre - torch.cat(pre_alone)).abs().max().item()
+        diffs["decode: mixed vs each sample alone"] = (dec - torch.cat(dec_alone)).abs().max().item()
+        theirs = forward(p, step, names, cache=forward(p, prompt, names, cache=_empty_cache()).past_key_values)
+        diffs["decode: surgery mixed vs PEFT mixed"] = (dec - theirs.logits).abs().max().item()
+        theirs = forward(p, prompt, names).logits
+        diffs["prefill: surgery mixed vs PEFT mixed"] = (pre - theirs).abs().max().item()
+    return diffs
+
+
+def _empty_cache():
+    from transformers import DynamicCache
+    return DynamicCache()
 
 
 def main():
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--quick", action="store_true")
-    args = parser.parse_args()
-    torch.set_num_threads(2)
-    repeats = 5 if args.quick else 20
-    x = torch.randint(0, 32000, (16, 64), generator=torch.Generator().manual_seed(0))
-    names = [f"a{i % N_ADAPTERS}" for i in range(16)]
-    results = {}
-    models = {"surgery": build(surgery), "peft": build(peft)}
-    # same adapter weights in both libraries
-    models["surgery"].load_state_dict(models["peft"].state_dict())
-    with torch.inference_mode():
+    def extra(p):
+        p.add_argument("--adapters", type=int, default=32)
+        p.add_argument("--batch", type=int, default=32)
+        p.add_argument("--prompt", type=int, default=32, help="prompt length (prefill T)")
+    args = C.parse_args(__doc__.splitlines()[0], default_repeats=15, quick_repeats=5, default_warmup=2, extra=extra)
+    C.header("bench_mixed_batch: many adapters per batch, prefill and decode", args)
+    base = small_llama().eval()
+    models = {"surgery": build(surgery, base, args.adapters), "PEFT": build(peft, base, args.adapters)}
+    randomize_adapters(models["PEFT"])
+    copy_adapters(models["PEFT"], models["surgery"])
+    g = torch.Generator().manual_seed(0)
+    prompt = torch.randint(0, 32000, (args.batch, args.prompt), generator=g)
+    step = torch.randint(0, 32000, (args.batch, 1), generator=g)
+    names = [f"a{i % args.adapters}" for i in range(args.batch)]
+    top = f"a{len(RANKS) - 1}"   # the r=64 adapter
+
+    diffs = check(models, prompt, step, names)
+    for k, v in diffs.items():
+        print(f"max |logits diff| {k}: {v:.2e}")
+    print(flush=True)
+    correct = all(v <= TOLERANCE for v in diffs.values())
+
+    variants = {"single a0 (r=8)": ("a0", None), "single a3 (r=64)": (top, None), "mixed": ("a0", names)}
+    results, rows = {}, []
+    for phase in ("prefill", "decode"):
+        cases, caches = {}, {}
         for lib, model in models.items():
-            single = lambda: model(input_ids=x)  # noqa: E731
-            mixed = lambda: model(input_ids=x, adapter_names=names)  # noqa: E731
-            results[lib] = (timed(single, repeats), timed(mixed, repeats))
-        ref = torch.cat([_one(models["surgery"], x[i:i + 1], n) for i, n in enumerate(names)])
-        got = models["surgery"](input_ids=x, adapter_names=names).logits
-        theirs = models["peft"](input_ids=x, adapter_names=names).logits
-    print(f"{'library':8s} {'single (s)':>11s} {'mixed x8 (s)':>13s} {'mixed/single':>13s}")
-    for lib, (single, mixed) in results.items():
-        print(f"{lib:8s} {single:11.4f} {mixed:13.4f} {mixed / single:12.3f}x")
-    print(f"surgery mixed vs per-adapter forwards: max abs diff {(got - ref).abs().max().item():.2e}")
-    print(f"surgery mixed vs peft mixed: max abs diff {(got - theirs).abs().max().item():.2e}")
-    print(f"surgery mixed / peft mixed: {results['surgery'][1] / results['peft'][1]:.3f}x")
+            for tag, (single, batch_names) in variants.items():
+                if lib == "PEFT" and tag.startswith("single a3"):
+                    continue
+                key = f"{lib} {tag}"
+                if phase == "decode":
+                    with torch.inference_mode():
+                        caches[key] = forward(model, prompt, batch_names, cache=_empty_cache(),
+                                              single=single).past_key_values
 
-
-def _one(model, x, name):
-    model.set_adapter(name)
-    return model(input_ids=x).logits
+                def run(state, model=model, single=single, batch_names=batch_names, phase=phase):
+                    with torch.inference_mode():
+                        if phase == "prefill":
+                            forward(model, prompt, batch_names, single=single)
+                        else:
+                            forward(model, step, batch_names, cache=state, single=single)
+                setup = (lambda key=key: copy.deepcopy(caches[key])) if phase == "decode" else None
+                cases[key] = (setup, run)
+        repeats = args.repeats if phase == "prefill" else 3 * args.repeats   # decode steps are ~15x shorter
+        times = C.interleaved(cases, repeats, args.warmup, disable_gc=True)
+        med = {k: C.median(v) for k, v in times.items()}
+        ratios = {
+            f"{phase} mixed / single": C.paired_ratio(times, "surgery mixed", "surgery single a0 (r=8)"),
+            f"{phase} mixed / single r=64": C.paired_ratio(times, "surgery mixed", "surgery single a3 (r=64)"),
+            f"{phase} PEFT mixed / single": C.paired_ratio(times, "PEFT mixed", "PEFT single a0 (r=8)"),
+            f"{phase} mixed / PEFT mixed": C.paired_ratio(times, "surgery mixed", "PEFT mixed"),
+            f"{phase} single / PEFT single": C.paired_ratio(times, "surgery single a0 (r=8)", "PEFT single a0 (r=8)"),
+        }
+        for k in cases:
+            rows.append([phase, k, C.fmt_ms(med[k]), C.spread(times[k])])
+        results[phase] = {"median_s": med, "ratios": ratios, "discarded_rounds": C.last_discarded}
+    print(C.table(["phase", "case", "median ms", "min-max ms"], rows))
+    print()
+    ratio_rows, all_met = [], correct
+    for phase in results:
+        for k, v in results[phase]["ratios"].items():
+            target = TARGETS.get(k)
+            met = target is None or v <= target
+            all_met &= met
+            ratio_rows.append([k, f"{v:.3f}x", C.verdict(v, target) if target else ""])
+    print(C.table(["ratio (paired, surgery unless named)", "value", "target"], ratio_rows))
+    print(f"\nper-sample outputs equal single-adapter runs (<= {TOLERANCE:g}): {'yes' if correct else 'NO'}")
+    C.write_json(args.json, {"benchmark": "mixed_batch", "repeats": args.repeats, "correctness": diffs,
+                             "results": results})
+    return 0 if all_met else 1
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())
