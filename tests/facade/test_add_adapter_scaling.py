@@ -44,7 +44,10 @@ def test_the_work_of_add_adapter_does_not_grow_with_the_adapters(case):
     for i in range(40):
         config = surgery.LoraConfig(**kwargs)
         counts.append(calls_made(lambda: model.add_adapter(f"a{i}", config)))
-    assert counts[2] == counts[39] > 1000, counts[:3] + counts[-3:]
+    # no growth: the 39th add makes the 2nd's calls, give or take a few the interpreter's caches make now and then
+    # (seen: +4 of 8,027 in a full run); one call more per existing adapter per module would add thousands
+    assert counts[2] > 1000 and abs(counts[39] - counts[2]) <= 0.002 * counts[2], counts[:3] + counts[-3:]
+    assert max(counts[2:]) - min(counts[2:]) <= 0.002 * counts[2], counts
     assert len(model.peft_config) == 41
 
 
