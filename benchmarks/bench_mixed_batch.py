@@ -1,6 +1,7 @@
 """Mixed-batch serving (one adapter per sample) vs a single-adapter forward, surgery beside PEFT.
 
-    python benchmarks/bench_mixed_batch.py [--quick] [--repeats N] [--adapters 32] [--batch 32] [--prompt 32]
+    python benchmarks/bench_mixed_batch.py [--quick] [--repeats N] [--threads 2] [--phase both|prefill|decode]
+                                           [--adapters 32] [--batch 32] [--prompt 32]
 
 The 45M Llama of _models.small_llama (hidden 512, 4 layers, vocab 32000, float32), 32 LoRA adapters with
 ranks cycling 8/16/32/64 (alpha = 2r) on q_proj/k_proj/v_proj/o_proj, random factors identical in both
@@ -85,6 +86,7 @@ def main():
         p.add_argument("--adapters", type=int, default=32)
         p.add_argument("--batch", type=int, default=32)
         p.add_argument("--prompt", type=int, default=32, help="prompt length (prefill T)")
+        p.add_argument("--phase", choices=["prefill", "decode", "both"], default="both")
     args = C.parse_args(__doc__.splitlines()[0], default_repeats=15, quick_repeats=5, default_warmup=2, extra=extra)
     C.header("bench_mixed_batch: many adapters per batch, prefill and decode", args)
     base = small_llama().eval()
@@ -105,7 +107,7 @@ def main():
 
     variants = {"single a0 (r=8)": ("a0", None), "single a3 (r=64)": (top, None), "mixed": ("a0", names)}
     results, rows = {}, []
-    for phase in ("prefill", "decode"):
+    for phase in ("prefill", "decode") if args.phase == "both" else (args.phase,):
         cases, caches = {}, {}
         for lib, model in models.items():
             for tag, (single, batch_names) in variants.items():

@@ -14,6 +14,9 @@ mark_trainable(active, trainable) left it (trainable.marked_state), the same fla
     by code surgery did not see) makes the whole model go through mark_trainable.
 
 Anything else (bias modes other than "none", an active new adapter, no recorded state) is mark_trainable.
+Not checked, as that would visit every adapter again: the flags of most *inactive* adapters' parameters (the
+first and last of each container are, which catches a model unfrozen whole). One adapter set trainable by hand
+(not through set_requires_grad, which voids the record) stays so here, where mark_trainable would reset it.
 """
 from __future__ import annotations
 
@@ -108,5 +111,18 @@ def _as_marked(layer: nn.Module, active: list[str], trainable: bool) -> bool:
     names = _expected_active(layer, active)
     if list(layer.active_adapters) != names:
         return False
-    return all(p.requires_grad == trainable for holder in _containers(layer) for n in names
-               for p in _entry_params(holder, n))
+    containers = _containers(layer)
+    if not all(p.requires_grad == trainable for holder in containers for n in names for p in _entry_params(holder, n)):
+        return False
+    # inactive ones: the first and the last of each container only (a model unfrozen whole by hand shows there)
+    return not any(p.requires_grad for holder in containers for n in _ends(holder) if n not in names
+                   for p in _entry_params(holder, n))
+
+
+def _ends(holder: nn.Module) -> set[str]:
+    """The first and last adapter names of a container, read without listing the others."""
+    ends = set()
+    for entries in (holder._modules, holder._parameters):
+        if entries:
+            ends.update((next(iter(entries)), next(reversed(entries))))
+    return ends

@@ -69,6 +69,9 @@ def test_adds_after_flags_were_changed_elsewhere():
     model.get_base_model().model.norm.weight.requires_grad_(True)   # a base weight unfrozen by hand: frozen again
     add(model, "a7")
     assert not model.get_base_model().model.norm.weight.requires_grad
+    model.requires_grad_(True)   # everything unfrozen by hand: the next add freezes all but the active adapter
+    add(model, "a8")
+    assert all(".a1." in n for n, p in model.named_parameters() if p.requires_grad)
 
 
 def test_adds_after_a_bias_adapter():

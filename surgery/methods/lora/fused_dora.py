@@ -6,12 +6,12 @@ DoRA, float32 (and a half base with half factors): two nodes, the GEMMs and the 
     forward   y = x W^T + s h B^T             (_DoraGemm: keeps x, h, the factors)
               out = c * y (+ b)  in place     (_DoraScale: keeps out, the node's own output)
     backward  dm = sum_t(g * y) / n = sum_t(g * (out - b)) / (c n),   gy = g * c,  then LoRA's backward on gy
-    Keeping out costs nothing where a neighbour keeps it anyway (Llama: v_proj's by attention, gate_proj's by
-    SiLU, up_proj's by the product); the pre-scale y, a tokens x out tensor per layer, is no longer kept. The
-    sum is taken at float32 at least: from a half-precision out this is closer to the exact dm than PEFT's
-    (measured 0.0030 vs 0.0045 relative for bf16, 512 x 512). Where out cannot give y -- a later op changed it
-    in place (ReLU(inplace=True)), or c = 0 on some row -- _DoraScale leaves dm to _DoraGemm, which recomputes
-    y = x W^T + s h B^T (one GEMM, only then).
+    Keeping out costs nothing where a neighbour keeps it anyway (Llama: gate_proj's, kept by SiLU, and
+    up_proj's, by the product; q/k/v/o/down pay for theirs, measured with CPU attention), where before the
+    node kept y, a tokens x out tensor, for every layer. The sum is taken at float32 at least: from a half
+    out this is closer to the exact dm than PEFT's (0.0030 vs 0.0045 relative, bf16, 512 x 512, measured).
+    Where out cannot give y -- a later op changed it in place (ReLU(inplace=True)), or c = 0 on some row --
+    _DoraScale leaves dm to _DoraGemm, which recomputes y = x W^T + s h B^T (one GEMM, only then).
 DoRA, float32 factors on a half base (_DoraLinearMixed, PEFT's mixed arithmetic): y = half(x W^T) + s h B^T at
     float32, out = half(c y + b). A y rebuilt from the half out would double dm's error (measured 1.7x PEFT's
     for bf16, 2.4x for fp16), so the node keeps the half base product half(x W^T) (2 bytes per element; the
@@ -20,10 +20,11 @@ DoRA, float32 factors on a half base (_DoraLinearMixed, PEFT's mixed arithmetic)
 DoRA with dropout (_DoraDropLinear; PEFT recomputes the base on the dropped input x_d = dropout(x)):
     forward   out = (x W^T + b) + (c - 1) * (x_d W^T) + c * (s h B^T),     h = x_d A^T
     backward  gz = g * c: LoRA's backward on gz with x_d;   dx = g W + back((g (c - 1)) W + gh A)
-              dm = sum_t(g * z) / n,   z = x_d W^T + s h B^T recomputed (one GEMM: out gives no z)
+              dm = sum_t(g * z) / n,   z = x_d W^T + s h B^T recomputed (one GEMM: out gives no z; the
+              switch KEEP_DROPPED_Z keeps z instead, trading tokens x out bytes a layer for the GEMM)
     x_d is rebuilt from x and the mask's bits or RNG state (dropout.py): the node keeps x, h, the factors and
-    1 bit per element of x (CPU; nothing on CUDA). With a
-    half base and float32 factors x_d, W and the adapter are float32 (PEFT's), the base term half.
+    1 bit per element of x (CPU; nothing on CUDA). With a half base and float32 factors, x_d, W and the
+    adapter are float32 (PEFT's), the base term half.
 """
 from __future__ import annotations
 
@@ -174,6 +175,11 @@ class _DoraLinearMixed(torch.autograd.Function):
         return dx, dW, dbias, dA, dB, dm, None, None
 
 
+# DoRA with dropout: False recomputes z in backward (no tokens x out tensor kept; one more base GEMM, measured
+# +13% on a step of the 45M Llama on the CPU); True keeps z for every layer (4 base GEMMs, as PEFT).
+KEEP_DROPPED_Z = False
+
+
 class _DoraDropLinear(torch.autograd.Function):
     """DoRA with a replayed dropout (see the module docstring); float32 factors on a half base compute the
     adapter side (x_d, x_d W^T, B A x_d) at float32, as PEFT."""
@@ -187,17 +193,20 @@ class _DoraDropLinear(torch.autograd.Function):
         h = torch.mm(x_d, A.t())
         scale = magnitude / norm
         # generic-path order: result + (c - 1) * (x_d W^T) + c * (s * B A x_d)
-        out = torch.mm(x_d, wa.t()).mul_(scale - 1)
+        base_d = torch.mm(x_d, wa.t())
+        lora = torch.mm(h, B.t()).mul_(s)
+        z = base_d + lora if KEEP_DROPPED_Z and ctx.needs_input_grad[5] else None
         del x_d, wa
+        out = base_d.mul_(scale - 1)
         out = out.add_(result) if out.dtype != result.dtype else result.add_(out)
-        out.add_(torch.mm(h, B.t()).mul_(s).mul_(scale))
-        ctx.save_for_backward(x, h, weight, A, B, scale, norm, bits)
+        out.add_(lora.mul_(scale))
+        ctx.save_for_backward(x, h, weight, A, B, scale, norm, bits, z)
         ctx.s = s
         return out.to(x.dtype)
 
     @staticmethod
     def backward(ctx, g):
-        x, h, weight, A, B, scale, norm, bits = ctx.saved_tensors
+        x, h, weight, A, B, scale, norm, bits, z = ctx.saved_tensors
         s = ctx.s
         need_x, need_w, need_bias, need_a, need_b, need_m = ctx.needs_input_grad[:6]
         g = g.contiguous()
@@ -205,8 +214,11 @@ class _DoraDropLinear(torch.autograd.Function):
         x_d, back = replay(x.to(A.dtype), ctx.drop, bits)
         wa = weight.to(A.dtype)
         dm = None
-        if need_m:   # z = x_d W^T + s B A x_d, recomputed
-            dm = (ga * torch.mm(x_d, wa.t()).addmm_(h, B.t(), alpha=s)).sum(0).div_(norm)
+        if need_m:   # z = x_d W^T + s B A x_d, kept or recomputed
+            if z is None:
+                z = torch.mm(x_d, wa.t()).addmm_(h, B.t(), alpha=s)
+            dm = (ga * z).sum(0).div_(norm)
+            del z
         gz = ga * scale
         gh, dA, dB = _factor_grads(gz, x_d, h, A, B, s, need_x, need_a, need_b)
         del gz

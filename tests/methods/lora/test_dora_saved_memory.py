@@ -106,12 +106,15 @@ def test_lora_with_dropout_on_the_generic_path_saves_what_lora_saves(inputs, mon
         _saved("surgery", torch.float32, inputs) + (0 if replay else BITS)
 
 
-def test_dora_keeps_no_pre_scale_output(inputs):
+def test_dora_keeps_no_pre_scale_output(inputs, monkeypatch):
     lora = _saved("surgery", torch.float32, inputs)
     unshared = sum(OUT[k] for k in ("q_proj", "k_proj", "v_proj", "o_proj", "down_proj")) * TOKENS * 4 * LAYERS
     assert _saved("surgery", torch.float32, inputs, use_dora=True) == lora + unshared + VECTORS
     assert _saved("surgery", torch.float32, inputs, use_dora=True, lora_dropout=0.05) == lora + 2 * VECTORS + BITS
     assert _saved("peft", torch.float32, inputs, use_dora=True) > 1.5 * lora     # PEFT: 1.86x
+    monkeypatch.setattr(fused_dora, "KEEP_DROPPED_Z", True)     # the switch: z kept, one tokens x out a layer
+    assert _saved("surgery", torch.float32, inputs, use_dora=True, lora_dropout=0.05) == \
+        lora + 2 * VECTORS + BITS + sum(OUT.values()) * TOKENS * 4 * LAYERS
 
 
 def test_mixed_precision_dora_keeps_the_half_base_product_only(inputs):
@@ -216,14 +219,20 @@ def _llama_grads(model):
     return out.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
 
-def test_fused_dora_with_dropout_equals_peft():
+@pytest.mark.parametrize("keep_z", [False, True])
+def test_fused_dora_with_dropout_equals_peft(keep_z, monkeypatch):
+    monkeypatch.setattr(fused_dora, "KEEP_DROPPED_Z", keep_z)
     kwargs = dict(target_modules="all-linear", r=4, lora_alpha=8, lora_dropout=0.3, use_dora=True, bias="all")
     base = tm.tiny_gpt2()           # Conv1D (fan_in_fan_out) with biases
     theirs = peft_model(base, **kwargs)
     perturb_adapters(theirs, biases=False)
     ours = surgery.get_peft_model(copy.deepcopy(base), surgery.LoraConfig(**kwargs))
     ours.load_state_dict(theirs.state_dict())
+    calls = []
+    original = fused_dora._DoraDropLinear.apply
+    monkeypatch.setattr(fused_dora._DoraDropLinear, "apply", lambda *a: calls.append(1) or original(*a))
     (out, grads), (want, want_grads) = _llama_grads(ours), _llama_grads(theirs)
+    assert len(calls) == 8        # 4 Conv1D a block (c_attn, attn.c_proj, c_fc, mlp.c_proj), 2 blocks
     assert max_diff(out, want) < 1e-5
     assert grads.keys() == want_grads.keys()
     for name in grads:

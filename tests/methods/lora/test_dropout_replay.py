@@ -205,3 +205,25 @@ def test_training_with_dropout_follows_peft_step_for_step(checkpointing, mode):
     torch.manual_seed(1)                                # another seed: other masks, visibly other losses
     other_losses = [other(input_ids=inputs, labels=inputs).loss.item()]
     assert abs(other_losses[0] - theirs_losses[0]) > 1e-4
+
+
+@pytest.mark.parametrize("use_reentrant", [True, False])
+def test_dora_with_dropout_under_checkpointing_follows_peft(use_reentrant):
+    kwargs = dict(target_modules="all-linear", r=4, lora_alpha=8, lora_dropout=0.1, use_dora=True)
+    base = tm.tiny_llama()
+    theirs = peft_model(base, **kwargs)
+    perturb_adapters(theirs, biases=False)
+    ours = surgery.get_peft_model(copy.deepcopy(base), surgery.LoraConfig(**kwargs))
+    ours.load_state_dict(theirs.state_dict())
+    for model in (ours, theirs):
+        model.train()
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": use_reentrant})
+        model.enable_input_require_grads()
+    inputs = tm.token_batch()
+    (ours_losses, ours_state), (theirs_losses, theirs_state) = _steps(ours, inputs), _steps(theirs, inputs)
+    assert torch.equal(ours_state, theirs_state)
+    assert max(abs(a - b) for a, b in zip(ours_losses, theirs_losses)) < 1e-5
+    theirs_state_dict = theirs.state_dict()
+    for key, value in ours.state_dict().items():
+        if "lora_" in key:
+            assert max_diff(value, theirs_state_dict[key]) < 1e-5, key
