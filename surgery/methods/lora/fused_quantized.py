@@ -8,8 +8,10 @@ the adapter through four more (A, B, the scale, the sum) after cloning y. Here, 
     backward  W = dequant(W_q) again (as bitsandbytes does: a 4-bit model never holds its dense weights)
               gh = s g B,  dB = s g^T h,  dA = gh^T x_d,  dx = addmm(g W, gh, A)
 
-Saved for backward: x_d (for dA), h (tokens x r) and the factors: no dense weight, no extra (tokens x out)
-tensor. Runs for one active plain-LoRA adapter in training, with input, compute dtype and factors all the
+Saved for backward: x (for dA), h (tokens x r) and the factors: no dense weight, no extra (tokens x out)
+tensor. With dropout the node draws nn.Dropout's mask itself and keeps x plus the mask (1 bit per element on
+the CPU, the generator state on CUDA; dropout.py), not the dropped x and dropout's noise:
+    backward  x_d, back = replay(x, mask),   dA = gh^T x_d,   dx = g W + back(gh A) Runs for one active plain-LoRA adapter in training, with input, compute dtype and factors all the
 same dtype; anything else (DoRA, several adapters, autocast, hooks) takes the generic path, same values.
 """
 from __future__ import annotations
@@ -19,6 +21,7 @@ from typing import Optional
 import torch
 
 from ...quantized import backend_of
+from .dropout import draw, dropout_p, replay
 from .fused import _factor_grads, _no_global_hooks, training_adapter
 from .layer import _NO_DROPOUT
 
@@ -39,41 +42,57 @@ def fused_quantized_forward(layer, x: torch.Tensor) -> Optional[torch.Tensor]:
     A, B = lora_A._parameters["weight"], lora_B._parameters["weight"]
     if lora_B._parameters.get("bias") is not None or not (A.dtype == B.dtype == x.dtype == backend.compute_dtype(base)):
         return None
-    dropout = layer._modules["lora_dropout"]._modules[name]
-    x2d = x.reshape(-1, x.shape[-1])
-    x_d = None if dropout is _NO_DROPOUT else dropout(x2d)
     bias = base._parameters.get("bias")
     if bias is not None and bias.dtype != x.dtype:
         return None
-    out = _QuantizedLora.apply(x2d, bias, A, B, float(state["scaling"][name]), x_d, layer)
+    dropout = layer._modules["lora_dropout"]._modules[name]
+    x2d = x.reshape(-1, x.shape[-1])
+    p = 0.0 if dropout is _NO_DROPOUT else dropout_p(dropout, x2d)   # None: the module runs outside the node
+    x_d = dropout(x2d) if p is None else None
+    out = _QuantizedLora.apply(x2d, bias, A, B, float(state["scaling"][name]), x_d, layer, p or 0.0)
     return out.view(*x.shape[:-1], out.shape[-1])
 
 
 class _QuantizedLora(torch.autograd.Function):
+    """x_d: a dropped input made outside (or None); p > 0: the node draws and replays the dropout itself."""
+
     @staticmethod
-    def forward(ctx, x, bias, A, B, s, x_d, layer):
+    def forward(ctx, x, bias, A, B, s, x_d, layer, p=0.0):
         weight = layer.dense_base_weight().to(x.dtype)
-        x_in = x if x_d is None else x_d
+        ctx.drop = bits = None
+        if p:
+            x_in, ctx.drop, bits = draw(x, p)
+        else:
+            x_in = x if x_d is None else x_d
         h = torch.mm(x_in, A.t())
+        del x_in
         y = torch.mm(x, weight.t()) if bias is None else torch.addmm(bias, x, weight.t())
         y = y.addmm_(h, B.t(), alpha=s)
-        ctx.save_for_backward(x_in if ctx.needs_input_grad[2] else None, h, A, B)
-        ctx.s, ctx.layer, ctx.dropped = s, layer, x_d is not None
+        keep_x = ctx.needs_input_grad[2] or (p and ctx.needs_input_grad[0])
+        ctx.save_for_backward(x if keep_x and x_d is None else None, x_d if ctx.needs_input_grad[2] else None,
+                              h, A, B, bits)
+        ctx.s, ctx.layer = s, layer
         return y
 
     @staticmethod
     def backward(ctx, g):
-        x_in, h, A, B = ctx.saved_tensors
+        x, x_d, h, A, B, bits = ctx.saved_tensors
         need_x, need_bias, need_a, need_b = (ctx.needs_input_grad[i] for i in (0, 1, 2, 3))
-        need_xd = ctx.dropped and ctx.needs_input_grad[5]
+        back = None
+        if ctx.drop is not None and x is not None:   # x is None: only the bias wants a gradient
+            x_d, back = replay(x, ctx.drop, bits)
+        x_in = x if x_d is None else x_d
+        need_xd = x_d is not None and back is None and ctx.needs_input_grad[5]
         g = g.contiguous()
         gh, dA, dB = _factor_grads(g, x_in, h, A, B, ctx.s, need_x or need_xd, need_a, need_b)
         dx = dx_d = None
         if need_x:
             dx = torch.mm(g, ctx.layer.dense_base_weight().to(g.dtype))
-            if not ctx.dropped:
+            if back is not None:
+                dx = dx.add_(back(torch.mm(gh, A)))
+            elif x_d is None:
                 dx = dx.addmm_(gh, A)
         if need_xd:
             dx_d = torch.mm(gh, A)
         dbias = g.sum(0) if need_bias else None
-        return dx, dbias, dA, dB, None, dx_d, None
+        return dx, dbias, dA, dB, None, dx_d, None, None

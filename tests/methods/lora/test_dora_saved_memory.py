@@ -14,7 +14,6 @@ by a later op, or m = 0 on a row) too.
 from __future__ import annotations
 
 import copy
-import weakref
 
 import pytest
 import torch
@@ -25,43 +24,11 @@ import surgery.methods.lora.dropout as dropout_module
 import surgery.methods.lora.fused_dora as fused_dora
 from tests.support import tiny_models as tm
 from tests.support.helpers import max_diff, peft_model, perturb_adapters
+from tests.support.saved_memory import saved_bytes
 
 TOKENS = 2 * 32
 SIZES = dict(hidden_size=64, intermediate_size=172, vocab_size=512)   # q 64, k/v 32 (GQA), gate/up 172
 OUT = {"q_proj": 64, "k_proj": 32, "v_proj": 32, "o_proj": 64, "gate_proj": 172, "up_proj": 172, "down_proj": 64}
-
-
-def saved_bytes(model, inputs) -> int:
-    """Bytes of the tensors autograd still keeps at the end of one training forward: each storage once, the
-    model's parameters and buffers left out. Each saved tensor is packed in a holder that only the graph
-    references, so tensors of graph parts freed during the forward (PEFT's DoRA builds B A through a discarded
-    graph) drop out, and no freed address is counted twice."""
-    resident = {t.untyped_storage().data_ptr() for t in (*model.parameters(), *model.buffers())}
-    holders = []
-
-    class Holder:
-        __slots__ = ("t", "__weakref__")
-
-        def __init__(self, t):
-            self.t = t
-
-    def pack(t):
-        holder = Holder(t)
-        holders.append(weakref.ref(holder))
-        return holder
-
-    torch.manual_seed(0)
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda holder: holder.t):
-        loss = model(input_ids=inputs).logits.float().square().mean()
-    seen = {}
-    for ref in holders:
-        holder = ref()
-        if holder is not None and holder.t.device.type != "meta":
-            storage = holder.t.untyped_storage()
-            if storage.data_ptr() not in resident:
-                seen[storage.data_ptr()] = storage.nbytes()
-    loss.backward()
-    return sum(seen.values())
 
 
 @pytest.fixture(scope="module")
