@@ -7,7 +7,8 @@ Model: the 45M Llama of bench_train_step (hidden 512, intermediate 1376, 4 layer
 4 x 128, causal-LM loss, r=16 on all-linear (lm_head excluded); QLoRA: the same model saved and loaded by
 transformers as bitsandbytes nf4 (float32 compute) on the CPU. Cases, for each library, each with gradient
 checkpointing off and on (gradient_checkpointing_enable(): transformers' default, non-reentrant):
-    LoRA, LoRA + lora_dropout=0.05, DoRA, DoRA + dropout 0.05, QLoRA, QLoRA + dropout 0.05
+    LoRA, LoRA + lora_dropout=0.05, DoRA, DoRA + dropout 0.05, QLoRA, QLoRA + dropout 0.05, and "DoRA
+    recompute": surgery's DoRA with fused_dora.KEEP_OUTPUT = False (y recomputed in backward; PEFT as "DoRA")
 and the bound: the bare base, frozen, its input embeddings' output requiring grad (backward through every
 layer, no weight gradient): what any adapter step must keep at least (the 4-bit base for QLoRA).
 Both libraries get identical adapter weights; the first losses (same seed, so the same dropout masks) agree.
@@ -29,6 +30,7 @@ from __future__ import annotations
 import _common as C  # noqa: I001  (sets warning filters before torch/transformers import)
 
 import argparse
+import contextlib
 import json
 import os
 import subprocess
@@ -48,10 +50,27 @@ METHODS = {   # name -> (LoraConfig kwargs, 4-bit base)
     "LoRA drop": (dict(lora_dropout=0.05), False),
     "DoRA": (dict(use_dora=True), False),
     "DoRA drop": (dict(use_dora=True, lora_dropout=0.05), False),
+    "DoRA recompute": (dict(use_dora=True), False),       # surgery with fused_dora.KEEP_OUTPUT = False
     "QLoRA": (dict(), True),
     "QLoRA drop": (dict(lora_dropout=0.05), True),
 }
 MIB = 2 ** 20
+SWITCHED = {"DoRA recompute": ("KEEP_OUTPUT", False)}   # case -> a switch of surgery's fused_dora for it
+
+
+@contextlib.contextmanager
+def switched(method: str):
+    """surgery's fused_dora switch for this case, set while the case runs (PEFT has none: unaffected)."""
+    import surgery.methods.lora.fused_dora as fused_dora
+    name, value = SWITCHED.get(method, (None, None))
+    before = getattr(fused_dora, name) if name else None
+    if name:
+        setattr(fused_dora, name, value)
+    try:
+        yield
+    finally:
+        if name:
+            setattr(fused_dora, name, before)
 
 
 def saved_bytes(model, batch) -> int:
@@ -136,6 +155,7 @@ def rss_child(argv) -> None:
     """In a fresh process: build one case, run the steps, print {"hwm": .., "start": ..} (bytes)."""
     lib, method, checkpointing, path, steps = argv[0], argv[1], argv[2] == "1", argv[3], int(argv[4])
     torch.set_num_threads(2)
+    switched(method).__enter__()     # for the whole child process
     model = build(lib, method, checkpointing, path)
     batch = batch_for(model.config.vocab_size)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -194,7 +214,8 @@ def main() -> int:
                     losses.append(model(input_ids=batch, labels=batch).loss.item())
             entry = {"loss_diff": abs(losses[0] - losses[1])}
             for lib, model in (("surgery", ours), ("PEFT", theirs)):
-                entry[lib] = {"saved": saved_bytes(model, batch), "peak": peak_bytes(model, batch)}
+                with switched(method):
+                    entry[lib] = {"saved": saved_bytes(model, batch), "peak": peak_bytes(model, batch)}
                 if args.rss:
                     entry[lib]["rss"] = rss_bytes(lib, method, checkpointing, path, args.rss_steps)
             del ours, theirs
@@ -237,6 +258,10 @@ def main() -> int:
     if lora and ("DoRA", False) in results:
         target("surgery DoRA saved / LoRA", results[("DoRA", False)]["surgery"]["saved"] / lora["surgery"]["saved"],
                1.10)
+    if lora and ("DoRA recompute", False) in results:
+        value = results[("DoRA recompute", False)]["surgery"]["saved"] / lora["surgery"]["saved"]
+        print(f"(surgery DoRA with KEEP_OUTPUT = False saved / LoRA: {value:.3f}x; its step time: "
+              "bench_train_step.py --dora-recompute)")
     if lora:
         target("surgery LoRA saved / PEFT LoRA", lora["surgery"]["saved"] / lora["PEFT"]["saved"], 1.0)
     C.write_json(args.json, {"benchmark": "memory", "targets": checks,

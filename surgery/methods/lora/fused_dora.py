@@ -11,7 +11,8 @@ DoRA, float32 (and a half base with half factors): two nodes, the GEMMs and the 
     node kept y, a tokens x out tensor, for every layer. The sum is taken at float32 at least: from a half
     out this is closer to the exact dm than PEFT's (0.0030 vs 0.0045 relative, bf16, 512 x 512, measured).
     Where out cannot give y -- a later op changed it in place (ReLU(inplace=True)), or c = 0 on some row --
-    _DoraScale leaves dm to _DoraGemm, which recomputes y = x W^T + s h B^T (one GEMM, only then).
+    _DoraScale leaves dm to _DoraGemm, which recomputes y = x W^T + s h B^T (one GEMM, only then); the switch
+    KEEP_OUTPUT = False always does, trading that GEMM for the tokens x out bytes of the unshared outputs.
 DoRA, float32 factors on a half base (_DoraLinearMixed, PEFT's mixed arithmetic): y = half(x W^T) + s h B^T at
     float32, out = half(c y + b). A y rebuilt from the half out would double dm's error (measured 1.7x PEFT's
     for bf16, 2.4x for fp16), so the node keeps the half base product half(x W^T) (2 bytes per element; the
@@ -95,6 +96,12 @@ class _DoraGemm(torch.autograd.Function):
         return dx, dW, dA, dB, dm, None, None, None
 
 
+# DoRA without dropout: True keeps out (free where a neighbour keeps it; measured on the 45M Llama: saved 1.145x
+# LoRA's, step 0.97x PEFT's); False recomputes y = x W^T + s h B^T in backward instead (saved 1.001x LoRA's, but
+# one more base GEMM per layer: step 1.06x PEFT's). benchmarks/bench_memory.py and bench_train_step.py show both.
+KEEP_OUTPUT = True
+
+
 class _DoraScale(torch.autograd.Function):
     """out = (m / n) * y (+ b), in place on y; keeps out (its own output) and rebuilds y from it in backward."""
 
@@ -103,7 +110,7 @@ class _DoraScale(torch.autograd.Function):
         scale = magnitude / norm
         out = y.mul_(scale) if bias is None else torch.addcmul(bias, y, scale, out=y)
         ctx.mark_dirty(y)
-        ctx.save_for_backward(out if ctx.needs_input_grad[1] else None)
+        ctx.save_for_backward(out if KEEP_OUTPUT and ctx.needs_input_grad[1] else None)
         # not saved tensors: (out,) vectors that must survive a failed unpack of out
         ctx.scale, ctx.norm, ctx.bias, ctx.link = scale, norm, bias, link
         return out
@@ -115,7 +122,7 @@ class _DoraScale(torch.autograd.Function):
         dm = None
         if need_m:
             saved = _unpacked_or_none(ctx)
-            if saved is None or saved[0]._version != ctx.link.version or not bool(scale.ne(0).all()):
+            if saved is None or saved[0] is None or saved[0]._version != ctx.link.version or not bool(scale.ne(0).all()):
                 ctx.link.g = g          # out gives no y: _DoraGemm recomputes it
             else:
                 out = saved[0] if ctx.bias is None else saved[0] - ctx.bias

@@ -79,6 +79,8 @@ def test_dora_keeps_no_pre_scale_output(inputs, monkeypatch):
     assert _saved("surgery", torch.float32, inputs, use_dora=True) == lora + unshared + VECTORS
     assert _saved("surgery", torch.float32, inputs, use_dora=True, lora_dropout=0.05) == lora + 2 * VECTORS + BITS
     assert _saved("peft", torch.float32, inputs, use_dora=True) > 1.5 * lora     # PEFT: 1.86x
+    monkeypatch.setattr(fused_dora, "KEEP_OUTPUT", False)       # the switch: y recomputed, out not kept
+    assert _saved("surgery", torch.float32, inputs, use_dora=True) == lora + VECTORS
     monkeypatch.setattr(fused_dora, "KEEP_DROPPED_Z", True)     # the switch: z kept, one tokens x out a layer
     assert _saved("surgery", torch.float32, inputs, use_dora=True, lora_dropout=0.05) == \
         lora + 2 * VECTORS + BITS + sum(OUT.values()) * TOKENS * 4 * LAYERS
@@ -105,7 +107,7 @@ def _mlp():
     return nn.Sequential(nn.Linear(12, 16), nn.ReLU(inplace=True), nn.Linear(16, 8))
 
 
-@pytest.mark.parametrize("case", ["inplace_relu", "zero_magnitude", "inplace_relu_checkpointed"])
+@pytest.mark.parametrize("case", ["inplace_relu", "zero_magnitude", "inplace_relu_checkpointed", "keep_output_off"])
 def test_dora_falls_back_to_recomputing_y_and_matches_peft(case, monkeypatch):
     kwargs = dict(target_modules=["0", "2"], r=4, lora_alpha=8, use_dora=True)
     base = _mlp()
@@ -116,6 +118,8 @@ def test_dora_falls_back_to_recomputing_y_and_matches_peft(case, monkeypatch):
             theirs.base_model.model[2].lora_magnitude_vector["default"].weight[3] = 0.0
     ours = surgery.get_peft_model(copy.deepcopy(base), surgery.LoraConfig(**kwargs))
     ours.load_state_dict(theirs.state_dict())
+    if case == "keep_output_off":
+        monkeypatch.setattr(fused_dora, "KEEP_OUTPUT", False)
     recomputed = []
     original = fused_dora._DoraGemm.backward
 
@@ -135,7 +139,8 @@ def test_dora_falls_back_to_recomputing_y_and_matches_peft(case, monkeypatch):
     grads = {k.removeprefix("base_model.model."): v for k, v in grads.items()}
     want_grads = {k.removeprefix("base_model.model."): v for k, v in want_grads.items()}
     # layer "0" feeds the in-place ReLU; layer "2" holds the zero magnitude
-    assert recomputed == ([True, True] if case == "zero_magnitude" else [False, True])   # backward: "2", then "0"
+    everywhere = case in ("zero_magnitude", "keep_output_off")
+    assert recomputed == ([True, True] if everywhere else [False, True])   # backward: "2", then "0"
     assert max_diff(out, want) < 1e-5
     assert grads.keys() == want_grads.keys()
     for name in grads:
