@@ -22,7 +22,8 @@ DoRA with dropout (_DoraDropLinear; PEFT recomputes the base on the dropped inpu
     forward   out = (x W^T + b) + (c - 1) * (x_d W^T) + c * (s h B^T),     h = x_d A^T
     backward  gz = g * c: LoRA's backward on gz with x_d;   dx = g W + back((g (c - 1)) W + gh A)
               dm = sum_t(g * z) / n,   z = x_d W^T + s h B^T recomputed (one GEMM: out gives no z; the
-              switch KEEP_DROPPED_Z keeps z instead, trading tokens x out bytes a layer for the GEMM)
+              switch KEEP_DROPPED_Z keeps z instead, trading tokens x out bytes a layer for the GEMM; under
+              gradient checkpointing the recomputed forward keeps it: no GEMM, and held one segment only)
     x_d is rebuilt from x and the mask's bits or RNG state (dropout.py): the node keeps x, h, the factors and
     1 bit per element of x (CPU; nothing on CUDA). With a half base and float32 factors, x_d, W and the
     adapter are float32 (PEFT's), the base term half.
@@ -183,8 +184,22 @@ class _DoraLinearMixed(torch.autograd.Function):
 
 
 # DoRA with dropout: False recomputes z in backward (no tokens x out tensor kept; one more base GEMM, measured
-# +13% on a step of the 45M Llama on the CPU); True keeps z for every layer (4 base GEMMs, as PEFT).
+# +7-13% on a step of the 45M Llama on the CPU); True keeps z for every layer (4 base GEMMs, as PEFT). Inside
+# gradient checkpointing's recomputation z is always kept: it lives only until its own segment's backward.
 KEEP_DROPPED_Z = False
+
+
+_CHECKPOINT_HOOKS = ("_checkpoint_hook.", "_recomputation_hook.")   # torch.utils.checkpoint's saved-tensor hooks
+
+
+def _checkpointed() -> bool:
+    """Whether what is saved now lives one checkpoint segment at most: a forward run inside a backward pass (a
+    reentrant recomputation) or under torch.utils.checkpoint's non-reentrant hooks (the first forward, whose
+    saved tensors it drops, and the recomputation, which must save the same tensors)."""
+    if torch._C._current_graph_task_id() != -1:
+        return True
+    hooks = torch._C._autograd._top_saved_tensors_default_hooks(False)
+    return hooks is not None and getattr(hooks[0], "__qualname__", "").startswith(_CHECKPOINT_HOOKS)
 
 
 class _DoraDropLinear(torch.autograd.Function):
@@ -202,7 +217,7 @@ class _DoraDropLinear(torch.autograd.Function):
         # generic-path order: result + (c - 1) * (x_d W^T) + c * (s * B A x_d)
         base_d = torch.mm(x_d, wa.t())
         lora = torch.mm(h, B.t()).mul_(s)
-        z = base_d + lora if KEEP_DROPPED_Z and ctx.needs_input_grad[5] else None
+        z = base_d + lora if (KEEP_DROPPED_Z or _checkpointed()) and ctx.needs_input_grad[5] else None
         del x_d, wa
         out = base_d.mul_(scale - 1)
         out = out.add_(result) if out.dtype != result.dtype else result.add_(out)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import math
+from unittest import mock
 
 import pytest
 import torch
@@ -19,8 +20,9 @@ import torch.nn.functional as F
 from torch import nn
 
 import surgery
-import surgery.methods.lora.fused as fused
 import surgery.methods.lora.dropout as dropout_module
+import surgery.methods.lora.fused as fused
+import surgery.methods.lora.fused_dora as fused_dora
 from surgery.methods.lora.dropout import _DroppedLinear, draw, dropout_p, replay
 from tests.support import tiny_models as tm
 from tests.support.helpers import max_diff, peft_model, perturb_adapters
@@ -220,7 +222,16 @@ def test_dora_with_dropout_under_checkpointing_follows_peft(use_reentrant):
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": use_reentrant})
         model.enable_input_require_grads()
     inputs = tm.token_batch()
-    (ours_losses, ours_state), (theirs_losses, theirs_state) = _steps(ours, inputs), _steps(theirs, inputs)
+    kept = []   # whether each fused DoRA-dropout forward keeps z for backward (no recomputing GEMM there)
+    original = fused_dora._DoraDropLinear.forward
+
+    def recorded(ctx, *args):
+        save = ctx.save_for_backward
+        ctx.save_for_backward = lambda *tensors: (kept.append(tensors[-1] is not None), save(*tensors))
+        return original(ctx, *args)
+    with mock.patch.object(fused_dora._DoraDropLinear, "forward", staticmethod(recorded)):
+        (ours_losses, ours_state), (theirs_losses, theirs_state) = _steps(ours, inputs), _steps(theirs, inputs)
+    assert kept and all(kept)    # checkpoint's forwards keep z: no extra GEMM in backward
     assert torch.equal(ours_state, theirs_state)
     assert max(abs(a - b) for a, b in zip(ours_losses, theirs_losses)) < 1e-5
     theirs_state_dict = theirs.state_dict()
