@@ -36,13 +36,13 @@ import os
 import subprocess
 import sys
 import tempfile
-import weakref
 
 import peft
 import torch
 from torch.profiler import ProfilerActivity, profile
 
 import surgery
+from surgery.profiling import saved_activation_bytes
 from _models import copy_adapters, randomize_adapters, small_llama
 
 METHODS = {   # name -> (LoraConfig kwargs, 4-bit base)
@@ -74,37 +74,13 @@ def switched(method: str):
 
 
 def saved_bytes(model, batch) -> int:
-    """Bytes of the tensors autograd still keeps at the end of one training forward: each storage once, the
-    model's parameters and buffers left out. Each saved tensor is packed in a holder that only the graph
-    references, so tensors of graph parts freed during the forward (PEFT's DoRA builds B A through a discarded
-    graph) drop out, and no freed address is counted twice."""
-    resident = {t.untyped_storage().data_ptr() for t in (*model.parameters(), *model.buffers())}
-    holders = []
-
-    class Holder:
-        __slots__ = ("t", "__weakref__")
-
-        def __init__(self, t):
-            self.t = t
-
-    def pack(t):
-        holder = Holder(t)
-        holders.append(weakref.ref(holder))
-        return holder
-
-    torch.manual_seed(0)
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda holder: holder.t):
-        loss = model(input_ids=batch, labels=batch).loss
-    seen = {}
-    for ref in holders:
-        holder = ref()
-        if holder is not None and holder.t.device.type != "meta":
-            storage = holder.t.untyped_storage()
-            if storage.data_ptr() not in resident:
-                seen[storage.data_ptr()] = storage.nbytes()
-    loss.backward()
+    """surgery.profiling.saved_activation_bytes of one causal-LM training forward (seed 0: same dropout masks)."""
+    def step():
+        torch.manual_seed(0)
+        return model(input_ids=batch, labels=batch).loss
+    saved = saved_activation_bytes(model, step)
     model.zero_grad(set_to_none=True)
-    return sum(seen.values())
+    return saved
 
 
 def peak_bytes(model, batch) -> int:
