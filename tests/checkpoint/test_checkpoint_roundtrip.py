@@ -179,6 +179,11 @@ BOTH_WAYS = [
 ]
 
 
+# surgery's no-grad float32 forward adds s (x A^T) B^T into the base output in one addmm (scaling inside the GEMM),
+# PEFT as separate ops: 1 ulp per layer, which T5's unscaled residual stream (logits ~2) carries to ~2e-6
+CROSS_LIBRARY = 1e-5
+
+
 @pytest.mark.filterwarnings("ignore")
 @pytest.mark.parametrize("name, kwargs", BOTH_WAYS, ids=[n for n, _ in BOTH_WAYS])
 def test_peft_saved_adapter_loads_in_surgery(name, kwargs, tmp_path):
@@ -189,7 +194,7 @@ def test_peft_saved_adapter_loads_in_surgery(name, kwargs, tmp_path):
     theirs.save_pretrained(str(tmp_path))
     ours = surgery.PeftModel.from_pretrained(builder(), str(tmp_path))
     assert type(ours).__name__ == type(theirs).__name__
-    assert max_diff(run(ours, name), run(theirs, name)) <= 1e-6
+    assert max_diff(run(ours, name), run(theirs, name)) <= CROSS_LIBRARY
 
 
 @pytest.mark.filterwarnings("ignore")
@@ -202,7 +207,7 @@ def test_surgery_saved_adapter_loads_in_peft(name, kwargs, tmp_path):
     ours.save_pretrained(str(tmp_path))
     theirs = peft.PeftModel.from_pretrained(builder(), str(tmp_path)).eval()
     assert type(ours).__name__ == type(theirs).__name__
-    assert max_diff(run(theirs, name), run(ours, name)) <= 1e-6
+    assert max_diff(run(theirs, name), run(ours, name)) <= CROSS_LIBRARY
     theirs_keys = set(peft.get_peft_model_state_dict(peft_model(builder(), **kwargs)))
     assert set(load_file(str(tmp_path / "adapter_model.safetensors"))) <= theirs_keys
 

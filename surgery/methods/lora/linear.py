@@ -10,6 +10,7 @@ import math
 import torch
 
 from .fused import fused_forward
+from .inference import inference_forward
 from .layer import LoraLayer
 
 
@@ -20,7 +21,8 @@ class Linear(LoraLayer):
 
     def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
         if not args and not kwargs:
-            out = fused_forward(self, x)   # training fast path; None where it does not apply
+            # training (one fused node) or no-grad inference (the product accumulated into the base output)
+            out = inference_forward(self, x) if not torch.is_grad_enabled() else fused_forward(self, x)
             if out is not None:
                 return out
         return super().forward(x, *args, **kwargs)
