@@ -178,7 +178,8 @@ class TunerModel(nn.Module):
         unknown = [n for n in names if n not in self.peft_config]
         if unknown:
             raise AdapterNameError(f"adapter(s) {unknown} not found; adapters: {list(self.peft_config)}")
-        check_one_copy_each(adapter_layers(self.model), names)   # checked before anything changes
+        if len(names) > 1:   # checked before anything changes; one adapter cannot clash with itself (and the
+            check_one_copy_each(adapter_layers(self.model), names)   # walk is half of a 100-adapter set_adapter)
         self.active_adapter = names
         config = self.peft_config[names[0]].copy()
         config.inference_mode = inference_mode
