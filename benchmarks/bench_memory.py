@@ -131,22 +131,22 @@ def rss_child(argv) -> None:
     """In a fresh process: build one case, run the steps, print {"hwm": .., "start": ..} (bytes)."""
     lib, method, checkpointing, path, steps = argv[0], argv[1], argv[2] == "1", argv[3], int(argv[4])
     torch.set_num_threads(2)
-    switched(method).__enter__()     # for the whole child process
-    model = build(lib, method, checkpointing, path)
-    batch = batch_for(model.config.vocab_size)
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=1e-4) if params else None
+    with switched(method):
+        model = build(lib, method, checkpointing, path)
+        batch = batch_for(model.config.vocab_size)
+        params = [p for p in model.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(params, lr=1e-4) if params else None
 
-    def status(key):
-        with open("/proc/self/status") as f:
-            return next(int(line.split()[1]) * 1024 for line in f if line.startswith(key))
-    start = status("VmRSS:")
-    for _ in range(steps):
-        loss = model(input_ids=batch, labels=batch).loss
-        loss.backward()
-        if optimizer is not None:
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
+        def status(key):
+            with open("/proc/self/status") as f:
+                return next(int(line.split()[1]) * 1024 for line in f if line.startswith(key))
+        start = status("VmRSS:")
+        for _ in range(steps):
+            loss = model(input_ids=batch, labels=batch).loss
+            loss.backward()
+            if optimizer is not None:
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
     print(json.dumps({"hwm": status("VmHWM:"), "start": start}))
 
 

@@ -2,7 +2,7 @@
 
     parameter_total(model) = sum over unique parameters of stored_numel  (PEFT's get_nb_trainable_parameters)
 
-Each adapter adds one entry per layer it wraps to that layer's per-adapter containers (lora_A.<name>,
+Each adapter adds one entry per layer it wraps to that layer's per-adapter containers (<factor>.<name>,
 modules_to_save.<name>, ...), so a plain walk costs more with every adapter: on a 4-layer model with 100
 adapters it is most of an add_adapter. Here the base model's modules (graph.walk.base_modules, whose number
 does not depend on the adapters) are walked each time, and the containers' parameters are remembered per model:
@@ -26,7 +26,7 @@ from itertools import islice
 from torch import nn
 
 from ..quantized import stored_numel
-from .walk import base_modules, per_adapter_children
+from .walk import all_modules, base_modules, per_adapter_children
 
 _PLAIN = nn.Parameter
 
@@ -88,18 +88,10 @@ def _same(ref, value) -> bool:
 
 def _count_under(module: nn.Module, counts: _Counts) -> None:
     """Count every parameter of `module` and its submodules (each module once)."""
-    seen: set[int] = set()
-    stack = [module]
-    while stack:
-        m = stack.pop()
-        if m is None or id(m) in seen:
-            continue
-        seen.add(id(m))
+    for m in all_modules(module):
         for p in m._parameters.values():
             if p is not None:
                 counts.add(p)
-        if m._modules:
-            stack.extend(m._modules.values())
 
 
 def _tail(entries: dict, start: int) -> list:

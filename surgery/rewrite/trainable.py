@@ -13,7 +13,7 @@ import weakref
 import torch
 from torch import nn
 
-from ..graph.walk import is_adapter_layer
+from ..graph.walk import all_modules, is_adapter_layer
 
 # model -> (active adapters, trainable, epoch) of the last mark_trainable with bias "none" on it
 _MARKED: "weakref.WeakKeyDictionary[nn.Module, tuple]" = weakref.WeakKeyDictionary()
@@ -58,20 +58,12 @@ def freeze_under(root: nn.Module) -> list[nn.Module]:
     """Freeze every parameter under `root` (each module once); returns its adapter layers, in walk order. Every
     adapter's parameters are visited, so the loop is kept tight: reading a flag costs half of setting it."""
     layers = []
-    seen: set[int] = set()
-    stack = [root]
-    while stack:
-        module = stack.pop()
-        if module is None or id(module) in seen:
-            continue
-        seen.add(id(module))
+    for module in all_modules(root):
         for p in module._parameters.values():
             if p is not None and p.requires_grad:
                 p.requires_grad_(False)
         if is_adapter_layer(module):
             layers.append(module)
-        if module._modules:
-            stack.extend(module._modules.values())
     return layers
 
 

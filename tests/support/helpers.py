@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 import surgery
+
 from . import tiny_models as tm
 
 # The models here are tiny: one intra-op thread per process is fastest, and with `pytest -n 2` on 2 cores more
@@ -54,6 +55,18 @@ def peft_adapted_names(base: nn.Module, **config_kwargs) -> list[str]:
     model = peft_model(base, **config_kwargs)
     prefix = "base_model.model."
     return sorted(n[len(prefix):] for n, m in model.named_modules() if hasattr(m, "lora_A"))
+
+
+def with_float64_twin(base: nn.Module, **config_kwargs):
+    """(surgery, peft, surgery on a float64 copy of base): equal, perturbed LoRA adapters in all three; the
+    float64 model is the reference the half-precision tests measure both libraries' errors against."""
+    theirs = peft_model(base, **config_kwargs)
+    perturb_adapters(theirs, biases=False)
+    ours = surgery.get_peft_model(copy.deepcopy(base), surgery.LoraConfig(**config_kwargs))
+    ours.load_state_dict(theirs.state_dict())
+    exact = surgery.get_peft_model(copy.deepcopy(base).double(), surgery.LoraConfig(**config_kwargs))
+    exact.load_state_dict({k: v.double() for k, v in theirs.state_dict().items()})
+    return ours, theirs, exact
 
 
 def printed_line(model) -> str:

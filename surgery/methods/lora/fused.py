@@ -150,20 +150,26 @@ def _lora_backward(g, x, x_in, h, weight, A, B, s, needs, back=None):
     return dx, dx_d, dW, dA, dB
 
 
+def lora_forward(ctx, x, weight, bias, A, B, s, x_d, p):
+    """y = x W^T (+ b) + s (x_in A^T) B^T for the plain-LoRA nodes: x_in is x, the dropped x_d made outside, or
+    (p > 0) x dropped here, its mask kept in ctx.drop and the returned bits. (y, h, bits)."""
+    ctx.drop = bits = None
+    if p:
+        x_in, ctx.drop, bits = draw(x, p)
+    else:
+        x_in = x if x_d is None else x_d
+    h = torch.mm(x_in, A.t())
+    del x_in
+    y = torch.mm(x, weight.t()) if bias is None else torch.addmm(bias, x, weight.t())
+    return y.addmm_(h, B.t(), alpha=s), h, bits
+
+
 class _LoraLinear(torch.autograd.Function):
     """x_d: a dropped input made outside (or None); p > 0: the node draws and replays the dropout itself."""
 
     @staticmethod
     def forward(ctx, x, weight, bias, A, B, s, x_d, p=0.0):
-        ctx.drop = bits = None
-        if p:
-            x_in, ctx.drop, bits = draw(x, p)
-        else:
-            x_in = x if x_d is None else x_d
-        h = torch.mm(x_in, A.t())
-        del x_in
-        y = torch.mm(x, weight.t()) if bias is None else torch.addmm(bias, x, weight.t())
-        y = y.addmm_(h, B.t(), alpha=s)
+        y, h, bits = lora_forward(ctx, x, weight, bias, A, B, s, x_d, p)
         ctx.save_for_backward(x, x_d, h, weight, A, B, bits)
         ctx.s = s
         return y

@@ -21,8 +21,8 @@ from typing import Optional
 import torch
 
 from ...quantized import backend_of
-from .dropout import draw, dropout_p, replay
-from .fused import _factor_grads, _no_global_hooks, training_adapter
+from .dropout import dropout_p, replay
+from .fused import _factor_grads, _no_global_hooks, lora_forward, training_adapter
 from .layer import _NO_DROPOUT
 
 
@@ -58,16 +58,7 @@ class _QuantizedLora(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, bias, A, B, s, x_d, layer, p=0.0):
-        weight = layer.dense_base_weight().to(x.dtype)
-        ctx.drop = bits = None
-        if p:
-            x_in, ctx.drop, bits = draw(x, p)
-        else:
-            x_in = x if x_d is None else x_d
-        h = torch.mm(x_in, A.t())
-        del x_in
-        y = torch.mm(x, weight.t()) if bias is None else torch.addmm(bias, x, weight.t())
-        y = y.addmm_(h, B.t(), alpha=s)
+        y, h, bits = lora_forward(ctx, x, layer.dense_base_weight().to(x.dtype), bias, A, B, s, x_d, p)
         keep_x = ctx.needs_input_grad[2] or (p and ctx.needs_input_grad[0])
         ctx.save_for_backward(x if keep_x and x_d is None else None, x_d if ctx.needs_input_grad[2] else None,
                               h, A, B, bits)

@@ -23,7 +23,7 @@ import surgery
 import surgery.methods.lora.dropout as dropout_module
 import surgery.methods.lora.fused_dora as fused_dora
 from tests.support import tiny_models as tm
-from tests.support.helpers import max_diff, peft_model, perturb_adapters
+from tests.support.helpers import max_diff, peft_model, perturb_adapters, with_float64_twin
 from tests.support.saved_memory import saved_bytes
 
 TOKENS = 2 * 32
@@ -157,12 +157,7 @@ def test_mixed_dora_with_dropout_matches_peft_and_is_as_accurate(dtype):
     the largest element; our generic path, PEFT's ops, equals PEFT's bit for bit)."""
     base = tm.tiny_llama().to(dtype)
     kwargs = dict(target_modules="all-linear", r=4, lora_alpha=8, lora_dropout=0.2, use_dora=True)
-    theirs = peft_model(base, **kwargs)
-    perturb_adapters(theirs, biases=False)
-    ours = surgery.get_peft_model(copy.deepcopy(base), surgery.LoraConfig(**kwargs))
-    ours.load_state_dict(theirs.state_dict())
-    exact = surgery.get_peft_model(copy.deepcopy(base).double(), surgery.LoraConfig(**kwargs))
-    exact.load_state_dict({k: v.double() for k, v in theirs.state_dict().items()})
+    ours, theirs, exact = with_float64_twin(base, **kwargs)
     calls = []
     original = fused_dora._DoraDropLinear.apply
     fused_dora._DoraDropLinear.apply = lambda *a: calls.append(1) or original(*a)

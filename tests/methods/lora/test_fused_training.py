@@ -16,7 +16,7 @@ import surgery
 import surgery.methods.lora.fused as fused
 import surgery.methods.lora.linear as linear_module
 from tests.support import tiny_models as tm
-from tests.support.helpers import max_diff, peft_model, perturb_adapters
+from tests.support.helpers import max_diff, peft_model, perturb_adapters, with_float64_twin
 
 
 @contextlib.contextmanager
@@ -184,12 +184,7 @@ def test_mixed_dtype_fused_path_matches_peft_outputs_and_is_as_accurate(dtype, d
     it than PEFT's (x1.25)."""
     base = tm.tiny_llama().to(dtype)
     kwargs = dict(target_modules="all-linear", r=4, lora_alpha=8, lora_dropout=dropout, use_dora=dora)
-    theirs = peft_model(base, **kwargs)
-    perturb_adapters(theirs, biases=False)
-    ours = surgery.get_peft_model(copy.deepcopy(base), surgery.LoraConfig(**kwargs))
-    ours.load_state_dict(theirs.state_dict())
-    exact = surgery.get_peft_model(copy.deepcopy(base).double(), surgery.LoraConfig(**kwargs))
-    exact.load_state_dict({k: v.double() for k, v in theirs.state_dict().items()})
+    ours, theirs, exact = with_float64_twin(base, **kwargs)
     with count_fused_calls() as calls:
         out_ours, g_ours = _train_step_grads(ours, tm.token_batch())
     assert calls["mixed" if not dora else "dora_mixed"] > 0
